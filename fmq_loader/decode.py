@@ -12,7 +12,7 @@ otherwise.
 
 NOTE [ reduced-scale decoding ]
 A JPEG can be decoded at 1/2, 1/4 or 1/8 scale inside the IDCT, which cuts decode work
-2-8x. ``EncodedImage.decode_resized(box, size)`` picks the largest such factor for which
+2-8x. ``EncodedImage.decode_region(box, size)`` picks the largest such factor for which
 the crop ``box`` still covers at least ``size`` pixels after reduction, so the final
 resample is always a downscale (or identity), never an upscale. On ~500x375 sources and a
 224 target this means no reduction (it needs >= 2x the target); on larger photos it is the
@@ -120,7 +120,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 class EncodedImage:
     """An image not yet decoded: its bytes, with the header read on demand.
 
-    Our geometric transforms accept an ``EncodedImage`` and call ``decode_resized`` so a
+    Our geometric transforms accept an ``EncodedImage`` and call ``decode_region`` so a
     JPEG is decoded at the smallest scale their output allows; anything else calls
     ``decode()``.
 
@@ -189,17 +189,18 @@ class EncodedImage:
             width, height = height, width
         self._size = (int(width), int(height))
 
-    def _decode_scaled(self, scale: int) -> tuple[Image.Image, float, float]:
+    def _decode_scaled(self, scale: int):
         """Decode at 1/scale (JPEG only; others at full size).
 
         Returns:
-            (RGB image, fx, fy): decoded pixels per original pixel along x and y.
+            (pixels, fx, fy): pixels is an RGB ``PIL.Image`` or an HxWx3 uint8 array
+            (whichever the decoder made); fx, fy are decoded pixels per original pixel.
         """
         self.size  # noqa: B018 - reads the header and orientation once
         if self._orientation != 1:
             scale = 1  # box mapping under rotation is not worth its complexity
         first_error = None
-        if self._use_simplejpeg():
+        if self._use_simplejpeg() and self._orientation == 1:  # Pillow rotates
             try:
                 return self._decode_simplejpeg(scale)
             except ValueError as exc:  # CMYK, or data it is strict about: try Pillow
@@ -213,7 +214,7 @@ class EncodedImage:
                 exc = type(exc)(f"{exc} (simplejpeg: {first_error})")
             raise self._fail("decoded", exc) from exc
 
-    def _decode_simplejpeg(self, scale: int) -> tuple[Image.Image, float, float]:
+    def _decode_simplejpeg(self, scale: int) -> tuple[np.ndarray, float, float]:
         width, height = self._size
         if scale > 1:
             min_w, min_h = -(-width // scale), -(-height // scale)
@@ -227,7 +228,7 @@ class EncodedImage:
         if (out_w, out_h) != (width, height):
             k = max(1, min(8, round(out_w * 8 / width)))
             fx = fy = k / 8
-        return Image.fromarray(arr, "RGB"), fx, fy
+        return arr, fx, fy
 
     def _decode_pillow(self, scale: int) -> tuple[Image.Image, float, float]:
         im = self._open_pillow()
@@ -259,32 +260,34 @@ class EncodedImage:
         if min_size is not None:
             width, height = self.size
             scale = _pick_scale(width, height, min_size)
-        return self._decode_scaled(scale)[0]
+        pixels = self._decode_scaled(scale)[0]
+        return pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels, "RGB")
 
-    def decode_resized(self, box, size: tuple[int, int],
-                       resample: int = Image.Resampling.BILINEAR) -> Image.Image:
-        """Decode the region ``box`` and resample it to ``size`` in one step.
+    def decode_region(self, box, size: tuple[int, int]):
+        """Decode at the smallest scale at which ``box`` still covers ``size`` pixels.
 
         Args:
             box: (left, upper, right, lower) in pixels of the full-size (oriented) image.
-            size: (width, height) of the result.
-            resample: a ``PIL.Image.Resampling`` filter.
+            size: (width, height) the region will be resampled to.
 
         Returns:
-            an RGB ``PIL.Image`` of exactly ``size``.
+            (pixels, scaled_box): pixels is an RGB ``PIL.Image`` or HxWx3 uint8 array;
+            scaled_box is ``box`` in its coordinates (floats, clamped to the image).
 
         Raises:
             DecodeError: the data cannot be decoded.
         """
-        if not self._is_jpeg:
-            return self._decode_scaled(1)[0].resize(size, resample, box=box)
-        box_w, box_h = box[2] - box[0], box[3] - box[1]
-        scale = _pick_scale(box_w, box_h, size)
-        img, fx, fy = self._decode_scaled(scale)
-        scaled = (box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy)
-        scaled = (max(0.0, scaled[0]), max(0.0, scaled[1]),
-                  min(float(img.width), scaled[2]), min(float(img.height), scaled[3]))
-        return img.resize(size, resample, box=scaled)
+        scale = 1
+        if self._is_jpeg:
+            scale = _pick_scale(box[2] - box[0], box[3] - box[1], size)
+        pixels, fx, fy = self._decode_scaled(scale)
+        if isinstance(pixels, Image.Image):
+            width, height = pixels.size
+        else:
+            height, width = pixels.shape[:2]
+        scaled = (max(0.0, box[0] * fx), max(0.0, box[1] * fy),
+                  min(float(width), box[2] * fx), min(float(height), box[3] * fy))
+        return pixels, scaled
 
 
 def _pick_scale(width: float, height: float, size: tuple[int, int]) -> int:

@@ -1,0 +1,8 @@
+"""``python -m fmq_loader``: runs the command line in cli.py."""
+
+import sys
+
+from fmq_loader.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Per-core image pipeline benchmark: ImageFolder + our transforms vs the plain Pillow pipeline.
+
+Both pipelines run in this process on one core, on the same generated JPEGs, with the
+same crop parameters (same seed):
+
+- plain: what a torchvision user's pipeline does, written inline with PIL + numpy + torch:
+  open -> convert("RGB") -> crop -> resize 224 (bilinear) -> flip -> uint8 CHW tensor.
+- ours: ``ImageFolder`` with ``Compose([RandomResizedCrop(224), RandomHorizontalFlip(),
+  PILToTensor()])``: crop and resize fused, and JPEGs decoded at reduced scale when the
+  crop allows (NOTE [ reduced-scale decoding ] in decode.py), with the Pillow decoder and,
+  when installed, simplejpeg.
+
+Each figure is the median of ``--runs`` passes over the files (after one warm-up pass).
+Run: ``python -m fmq_loader.bench.images [--quick]`` (``--quick`` finishes in well under
+a minute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fmq_loader import transforms as T
+from fmq_loader.datasets import ImageFolder
+from fmq_loader.decode import fast_decoder_available
+from fmq_loader.synth import make_dataset
+
+__all__ = ["main", "run"]
+
+SIZES = ((500, 375), (1000, 750))
+CROP = 224
+
+
+def _plain_pipeline(paths: list[str], seed: int) -> None:
+    """The pipeline a torchvision user writes, inline: crop then resize, two steps."""
+    rng = random.Random(seed)
+    params = T.RandomResizedCrop(CROP)
+    for path in paths:
+        with open(path, "rb") as f:
+            img = Image.open(f).convert("RGB")
+        top, left, h, w = params.get_params(img.width, img.height, rng)
+        img = img.crop((left, top, left + w, top + h))
+        img = img.resize((CROP, CROP), Image.Resampling.BILINEAR)
+        if rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        torch.from_numpy(np.array(img)).permute(2, 0, 1)
+
+
+def _our_pipeline(dataset: ImageFolder, seed: int) -> None:
+    with T.use_rng(random.Random(seed)):
+        for i in range(len(dataset)):
+            dataset[i]
+
+
+def _time_passes(fn, n_images: int, runs: int) -> float:
+    """Median images/s over ``runs`` timed passes, after one warm-up pass."""
+    fn()
+    rates = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        rates.append(n_images / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def run(root: str, per_class: int, runs: int, seed: int = 0, out=sys.stdout) -> list[dict]:
+    """Generate the datasets under ``root`` (if missing), time every pipeline, print a table.
+
+    Args:
+        root: folder for the generated datasets (reused when already there).
+        per_class: images per class (4 classes) for each size.
+        runs: timed passes per figure; the median is reported.
+        seed: dataset and crop seed.
+        out: where the table goes.
+
+    Returns:
+        one dict per row: size, pipeline, images_per_s, ratio.
+    """
+    torch.set_num_threads(1)
+    transform = T.Compose([T.RandomResizedCrop(CROP), T.RandomHorizontalFlip(), T.PILToTensor()])
+    decoders = ["pillow"] + (["simplejpeg"] if fast_decoder_available() else [])
+    rows = []
+    for width, height in SIZES:
+        folder = os.path.join(root, f"{width}x{height}_{per_class}")
+        if not os.path.isdir(folder):
+            make_dataset(folder, classes=4, per_class=per_class, size=(width, height),
+                         seed=seed, progress=False)
+        datasets = {d: ImageFolder(folder, transform=transform, decoder=d) for d in decoders}
+        paths = [p for p, _ in datasets["pillow"].samples]
+        n = len(paths)
+        plain = _time_passes(lambda: _plain_pipeline(paths, seed), n, runs)
+        rows.append(dict(size=f"{width}x{height}", pipeline="plain Pillow (torchvision-style)",
+                         images_per_s=plain, ratio=1.0))
+        for d in decoders:
+            rate = _time_passes(lambda ds=datasets[d]: _our_pipeline(ds, seed), n, runs)
+            rows.append(dict(size=f"{width}x{height}", pipeline=f"fmq_loader, decoder={d}",
+                             images_per_s=rate, ratio=rate / plain))
+    _print_table(rows, runs, per_class * 4, out)
+    return rows
+
+
+def _print_table(rows: list[dict], runs: int, n_images: int, out) -> None:
+    cpu = platform.processor() or platform.machine()
+    print(f"\nPer-core pipeline: decode -> RandomResizedCrop {CROP} -> flip -> uint8 CHW tensor",
+          file=out)
+    print(f"{n_images} JPEGs per size (quality 90), median of {runs} runs, 1 thread; "
+          f"{cpu}, Python {platform.python_version()}, torch {torch.__version__}, "
+          f"Pillow {Image.__version__}", file=out)
+    header = f"| {'source':<9} | {'pipeline':<34} | {'images/s':>9} | {'vs plain':>8} |"
+    print(header, file=out)
+    print(f"|{'-' * 11}|{'-' * 36}|{'-' * 10}:|{'-' * 9}:|", file=out)
+    for r in rows:
+        print(f"| {r['size']:<9} | {r['pipeline']:<34} | {r['images_per_s']:>9.0f} | "
+              f"{r['ratio']:>7.2f}x |", file=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry: ``python -m fmq_loader.bench.images [--quick] [--dir DIR]``.
+
+    Returns:
+        the exit code (0).
+    """
+    parser = argparse.ArgumentParser(prog="python -m fmq_loader.bench.images",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer images and runs: finishes in well under a minute")
+    parser.add_argument("--dir", default=None,
+                        help="where to generate (and reuse) the datasets; default a temp dir")
+    parser.add_argument("--per-class", type=int, default=None,
+                        help="images per class, 4 classes (default 50, --quick 10)")
+    parser.add_argument("--runs", type=int, default=None,
+                        help="timed passes per figure (default 5, --quick 3)")
+    args = parser.parse_args(argv)
+    per_class = args.per_class or (10 if args.quick else 50)
+    runs = args.runs or (3 if args.quick else 5)
+    if per_class < 1 or runs < 1:
+        parser.error(f"--per-class and --runs must be >= 1, got {per_class} and {runs}")
+    if args.dir is not None:
+        run(args.dir, per_class, runs)
+    else:
+        with tempfile.TemporaryDirectory(prefix="fmq_bench_images_") as tmp:
+            run(tmp, per_class, runs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Decoding: formats and modes to RGB, EXIF orientation, reduced-scale JPEG, decoder tolerance."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from _images import encode, photo
+from fmq_loader.decode import DecodeError, EncodedImage, decode, fast_decoder_available
+
+needs_fast = pytest.mark.skipif(not fast_decoder_available(), reason="simplejpeg not installed")
+DECODERS = ["pillow"] + (["simplejpeg"] if fast_decoder_available() else [])
+
+
+@pytest.mark.parametrize("mode,fmt", [
+    ("RGB", "JPEG"), ("L", "JPEG"), ("CMYK", "JPEG"), ("P", "PNG"), ("RGBA", "PNG"),
+    ("LA", "PNG"), ("RGB", "WEBP"), ("RGB", "BMP"), ("P", "GIF"), ("L", "PNG"),
+])
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_decode_gives_rgb_of_the_same_size_for_every_mode_and_format(tmp_path, mode, fmt,
+                                                                     decoder):
+    src = photo((40, 30))
+    img = src.convert(mode)
+    path = tmp_path / f"x.{fmt.lower()}"
+    img.save(path, fmt)
+    out = decode(path, decoder=decoder)
+    assert out.mode == "RGB" and out.size == (40, 30)
+    expected = np.asarray(Image.open(path).convert("RGB"), np.int16)
+    assert np.abs(np.asarray(out, np.int16) - expected).max() <= 8
+
+
+def test_gif_decodes_its_first_frame(tmp_path):
+    frames = [Image.new("RGB", (16, 16), c) for c in ((255, 0, 0), (0, 0, 255))]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    out = np.asarray(decode(path))
+    assert tuple(out[8, 8]) == (255, 0, 0)
+
+
+def test_sixteen_bit_grayscale_is_scaled_to_eight_bits(tmp_path):
+    arr = np.full((8, 8), 65535, np.uint16)
+    arr[:4] = 257 * 100
+    path = tmp_path / "g16.png"
+    Image.fromarray(arr).save(path)
+    out = np.asarray(decode(path))
+    assert out[0, 0].tolist() == [100, 100, 100] and out[7, 7].tolist() == [255, 255, 255]
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_exif_orientation_rotates_only_when_enabled(tmp_path, decoder):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = tmp_path / "rot.jpg"
+    photo((40, 20)).save(path, exif=exif.tobytes())
+    assert decode(path, decoder=decoder).size == (40, 20)
+    assert decode(path, decoder=decoder, exif_transpose=True).size == (20, 40)
+    assert EncodedImage(path.read_bytes(), exif_transpose=True, decoder=decoder).size == (20, 40)
+
+
+@needs_fast
+def test_simplejpeg_and_pillow_agree_within_documented_tolerance():
+    """Documented in decode.py: mean |diff| <= 0.5 and max <= 8 levels on a full decode."""
+    for seed in range(4):
+        data = encode(photo((160, 120), seed), quality=90)
+        a = np.asarray(decode(data, decoder="pillow"), np.int16)
+        b = np.asarray(decode(data, decoder="simplejpeg"), np.int16)
+        assert np.abs(a - b).mean() <= 0.5 and np.abs(a - b).max() <= 8
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_reduced_scale_decode_stays_within_tolerance_of_full_decode(decoder):
+    """Documented in decode.py: mean |diff| < 1.5 levels and PSNR > 33 dB."""
+    data = encode(photo((640, 480), 3), quality=90)
+    enc = EncodedImage(data, decoder=decoder)
+    box, size = (40, 30, 600, 450), (224, 168)
+    pixels, scaled = enc.decode_region(box, size)
+    reduced_w = pixels.size[0] if isinstance(pixels, Image.Image) else pixels.shape[1]
+    assert reduced_w == 320  # 560 / 2 >= 224, 560 / 4 < 224: half scale
+    assert scaled == pytest.approx((20, 15, 300, 225))
+    reduced = Image.fromarray(np.asarray(pixels)).resize(size, Image.BILINEAR, box=scaled)
+    full = decode(data, decoder=decoder).resize(size, Image.BILINEAR, box=box)
+    diff = np.asarray(reduced, np.float64) - np.asarray(full, np.float64)
+    psnr = 10 * np.log10(255 ** 2 / np.mean(diff ** 2))
+    assert np.abs(diff).mean() < 1.5 and psnr > 33
+
+
+def test_size_hint_reduces_only_when_source_is_at_least_twice_as_large():
+    data = encode(photo((500, 376)), quality=90)
+    assert decode(data, size_hint=(224, 224)).size == (500, 376)
+    assert decode(data, size_hint=(200, 150)).size == (250, 188)
+    assert decode(data, size_hint=(120, 90)).size == (125, 94)
+    assert decode(data, size_hint=(60, 40)).size == (63, 47)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_truncated_jpeg_raises_decode_error_naming_path(tmp_path, decoder):
+    path = tmp_path / "cut.jpg"
+    data = encode(photo((64, 48)))
+    path.write_bytes(data[:len(data) * 2 // 3])
+    with pytest.raises(DecodeError, match=r"cut\.jpg' could not be decoded: .*truncated") as info:
+        decode(path, decoder=decoder)
+    assert info.value.path == str(path)
+
+
+def test_non_image_raises_decode_error_with_the_decoder_message(tmp_path):
+    path = tmp_path / "notes.jpg"
+    path.write_text("not an image")
+    with pytest.raises(DecodeError, match=r"notes\.jpg' could not be read as an image: "
+                                          r"UnidentifiedImageError"):
+        decode(path)
+
+
+def test_missing_file_raises_decode_error(tmp_path):
+    with pytest.raises(DecodeError, match=r"gone\.jpg' could not be read: FileNotFoundError"):
+        decode(tmp_path / "gone.jpg")
+
+
+def test_decode_error_survives_pickling_with_its_path():
+    err = pickle.loads(pickle.dumps(DecodeError("'/a.jpg' could not be decoded", "/a.jpg")))
+    assert str(err) == "'/a.jpg' could not be decoded" and err.path == "/a.jpg"
+    assert isinstance(err, OSError)
+
+
+def test_unknown_decoder_is_rejected_with_the_choices():
+    with pytest.raises(ValueError, match=r"decoder must be one of .* got 'turbo'"):
+        decode(b"", decoder="turbo")
