@@ -18,11 +18,15 @@ resample is always a downscale (or identity), never an upscale. On ~500x375 sour
 224 target this means no reduction (it needs >= 2x the target); on larger photos it is the
 main speed-up. The pixels differ slightly from a full decode followed by the same resize:
 on synthetic photo-like JPEGs the mean absolute difference is below 1.5 levels (of 255)
-and PSNR above 33 dB (checked in ``tests/test_decode.py``).
+and PSNR above 33 dB (checked in ``tests/test_decode.py`` and, for the whole
+RandomResizedCrop path, ``tests/test_transforms.py``). Measured on 40 generated 1000x750
+JPEGs, RandomResizedCrop(224) of the encoded file vs full decode + crop + Pillow resize:
+mean 0.42 levels (worst image 1.10), max 18 on single pixels, PSNR >= 44.5 dB.
 
 Decoder tolerance: on a full-size decode of the same JPEG, simplejpeg and Pillow (both
 libjpeg-turbo, ISLOW DCT, fancy upsampling) agree within a mean absolute difference of
-0.5 levels and a maximum of 8 levels per channel (checked in ``tests/test_decode.py``).
+0.5 levels and a maximum of 8 levels per channel (checked in ``tests/test_decode.py``);
+with simplejpeg 1.9 and Pillow 13 wheels they were bit-identical on our test images.
 
 Conversion to RGB: L, LA, P, PA, RGBA, CMYK, YCbCr, 1 go through ``Image.convert("RGB")``
 (alpha is dropped, as torchvision's loader does); 16-bit grayscale (I;16*, and I with

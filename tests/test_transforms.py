@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import pickle
 import random
@@ -174,3 +175,17 @@ def test_compose_exposes_the_output_size_for_the_decoder():
     assert T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor()]).output_size == (224, 224)
     assert T.RandomResizedCrop((100, 200)).output_size == (100, 200)
     assert T.Compose([T.Resize(256)]).output_size is None
+
+
+def test_crop_of_an_encoded_jpeg_stays_within_tolerance_of_full_decode_crop_resize():
+    """Reduced-scale decode + fused crop vs torchvision-style full decode, crop, resize."""
+    data = encode(photo((800, 600), 6), quality=90)
+    t = T.RandomResizedCrop(224, scale=(0.5, 1.0))
+    for seed in range(4):
+        top, left, h, w = t.get_params(800, 600, rng=random.Random(seed))
+        with T.use_rng(random.Random(seed)):
+            out = np.asarray(t(EncodedImage(data)), np.float64)
+        ref = Image.open(io.BytesIO(data)).convert("RGB").crop((left, top, left + w, top + h))
+        diff = out - np.asarray(ref.resize((224, 224), Image.BILINEAR), np.float64)
+        assert np.abs(diff).mean() < 1.5
+        assert 10 * np.log10(255 ** 2 / np.mean(diff ** 2)) > 33
