@@ -1,0 +1,29 @@
+# The README's two commands: `make demo` (the main job) and `make test`.
+# Each creates or refreshes .venv by itself; torch is pinned to the CPU wheel
+# (2.13.0) so no multi-GB CUDA build is pulled.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: demo test test-slow venv clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "torch==2.13.0" -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/seed_speed.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m slow
+
+clean:
+	rm -rf $(VENV) build *.egg-info

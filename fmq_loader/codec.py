@@ -1,0 +1,98 @@
+"""Pickling with out-of-band buffers: numpy arrays and CPU tensors leave the pickle stream.
+
+``encode`` pickles with protocol 5 and a ``buffer_callback``: every contiguous
+numpy array and CPU torch tensor of at least ``OUT_OF_BAND_MIN_BYTES``, at any
+depth inside tuples, lists, dicts or user objects, becomes a separate buffer
+that the caller lays into shared memory; the pickle stream keeps only a small
+reference to it. ``decode`` rebuilds the object around the buffers it is given
+without copying them, so the arrays and tensors it returns are views of those
+buffers.
+
+Tensors have no protocol-5 reduction of their own (torch pickles their storage
+in-band), so ``reducer_override`` reduces a plain CPU tensor to its bytes as a
+``PickleBuffer`` plus dtype and shape. Non-contiguous arrays and tensors are
+made contiguous first (one copy, on the producer).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import sys
+
+import numpy as np
+
+__all__ = ["encode", "decode", "OUT_OF_BAND_MIN_BYTES"]
+
+OUT_OF_BAND_MIN_BYTES = 4096  # smaller buffers stay in the pickle stream
+
+
+class _Pickler(pickle.Pickler):
+    def reducer_override(self, obj):
+        cls = type(obj)
+        if cls is np.ndarray:
+            if not (obj.flags.c_contiguous or obj.flags.f_contiguous) and not obj.dtype.hasobject:
+                return np.ascontiguousarray(obj).__reduce_ex__(5)
+            return NotImplemented
+        torch = sys.modules.get("torch")
+        if torch is not None and cls is torch.Tensor:
+            return _reduce_tensor(obj)
+        return NotImplemented
+
+
+def _reduce_tensor(t):
+    torch = sys.modules["torch"]
+    if (t.device.type != "cpu" or t.layout != torch.strided or t.is_quantized
+            or t.is_nested or t.numel() * t.element_size() < OUT_OF_BAND_MIN_BYTES
+            or (t.requires_grad and not t.is_leaf)):
+        return NotImplemented
+    try:
+        flat = t.detach().resolve_conj().resolve_neg().contiguous().reshape(-1)
+        raw = flat.view(torch.uint8).numpy()
+    except (RuntimeError, TypeError):  # exotic dtypes: let torch pickle it in-band
+        return NotImplemented
+    dtype = str(t.dtype).rpartition(".")[2]
+    return _rebuild_tensor, (pickle.PickleBuffer(raw), dtype, tuple(t.shape), t.requires_grad)
+
+
+def _rebuild_tensor(buf, dtype: str, shape: tuple, requires_grad: bool):
+    import torch
+
+    raw = np.frombuffer(buf, dtype=np.uint8)
+    if not raw.flags.writeable:  # in-band bytes: torch refuses read-only memory
+        raw = raw.copy()
+    t = torch.from_numpy(raw).view(getattr(torch, dtype)).reshape(shape)
+    if requires_grad:
+        t.requires_grad_(True)
+    return t
+
+
+def encode(obj) -> tuple[bytes, list[memoryview]]:
+    """Pickle ``obj``; return the stream and its out-of-band buffers as byte views.
+
+    Raises:
+        TypeError: ``obj`` (or something inside it) cannot be pickled; the message
+            names the type.
+    """
+    buffers: list[memoryview] = []
+
+    def keep(buf: pickle.PickleBuffer):
+        raw = buf.raw()
+        if raw.nbytes < OUT_OF_BAND_MIN_BYTES:
+            return True  # in-band
+        buffers.append(raw)
+        return False
+
+    out = io.BytesIO()
+    try:
+        _Pickler(out, protocol=5, buffer_callback=keep).dump(obj)
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        raise TypeError(f"cannot put an object of type {type(obj).__qualname__} on the queue: "
+                        f"it is not picklable ({exc}); define classes and functions at module "
+                        "top level, or convert the object to plain data first") from exc
+    return out.getvalue(), buffers
+
+
+def decode(payload, buffers):
+    """Rebuild an object from ``encode``'s stream and (views of) its buffers."""
+    return pickle.loads(payload, buffers=buffers)

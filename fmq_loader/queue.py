@@ -1,0 +1,401 @@
+"""The shared-memory FIFO: multiprocessing.Queue's API, bulk data through reused slabs.
+
+Data path of one ``put(obj)`` (see NOTE [ fmq shutdown order ] in loader.py for
+how a loader closes it)::
+
+    producer: codec.encode(obj) -> pickle stream + out-of-band buffers
+              buffers copied into a free slab (shm.SlabArena), once
+              message = header + buffer table + pickle stream -> feeder thread -> pipe
+    consumer: stealer thread: pipe -> message -> views of the slab -> object -> deque
+              get(): deque.popleft()
+
+Message layout (little-endian)::
+
+    header  <B i I Q>   kind, slab (-1 if none), number of buffers, pickle-stream bytes
+    table   <Q Q> * n   offset and length of each buffer (in the slab, or after the stream)
+    stream              protocol-5 pickle
+    [data]              only for kind PIPE: the buffers themselves
+
+Kinds: INLINE (no out-of-band buffers), SLAB (buffers in a slab), PIPE (no slab
+was free -- every slab is held by items in flight or still referenced by the
+consumer -- so the buffers travel through the pipe, as ``multiprocessing.Queue``
+would send them; slower but never a deadlock).
+
+Bounds: at most ``maxsize`` items are in flight (put but not yet returned by
+``get()``), the stealer's buffer included: ``put()`` takes a semaphore count that
+``get()`` gives back. Shared memory: ``num_slabs`` slabs, each as large as the
+largest item laid into it, rounded up to 1 MiB.
+
+Trust model: messages are unpickled, so only the processes that share this
+queue (the creator and the children it was handed to) may write to it.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import multiprocessing as mp
+import os
+import queue as _queue
+import struct
+import threading
+import weakref
+from multiprocessing import context as mp_context
+from multiprocessing import util as mp_util
+
+import numpy as np
+from _multiprocessing import SemLock
+
+from . import codec
+from .errors import QueueClosed
+from .shm import SlabArena, align
+from .stealer import Stealer, _Failed
+
+__all__ = ["Queue"]
+
+logger = logging.getLogger(__name__)
+
+_HEADER = struct.Struct("<BiIQ")
+_ENTRY = struct.Struct("<QQ")
+INLINE, SLAB, PIPE = 0, 1, 2
+_SEM_VALUE_MAX = SemLock.SEM_VALUE_MAX
+_STOP = object()  # feeder sentinel
+
+_LIVE_QUEUES: "weakref.WeakSet[Queue]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for q in list(_LIVE_QUEUES):
+        q._reset_local()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _Local:
+    """This process's side of a queue: feeder thread, stealer thread, closed flag."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.lock = threading.Lock()
+        self.buffer: collections.deque = collections.deque()
+        self.not_empty = threading.Condition(threading.Lock())
+        self.feeder: threading.Thread | None = None
+        self.stealer: Stealer | None = None
+        self.join_at_exit: mp_util.Finalize | None = None
+        self.cancel_join = False
+        self.feeder_stopping = False
+
+    def shutdown(self) -> None:
+        """Stop this process's threads; never blocks on a full pipe."""
+        self.closed = True
+        if self.stealer is not None:
+            self.stealer.stop()
+        self.stop_feeder()
+
+    def stop_feeder(self) -> None:
+        """Let the feeder thread end once it has sent what is buffered."""
+        if self.feeder is not None and not self.feeder_stopping:
+            self.feeder_stopping = True
+            with self.not_empty:
+                self.buffer.append(_STOP)
+                self.not_empty.notify()
+
+
+def _feed(local: _Local, writer, wlock) -> None:
+    """Feeder thread: moves messages from this process's buffer into the pipe."""
+    buffer, not_empty = local.buffer, local.not_empty
+    while True:
+        with not_empty:
+            while not buffer:
+                not_empty.wait()
+            msg = buffer.popleft()
+        if msg is _STOP:
+            return
+        try:
+            with wlock:
+                writer.send_bytes(msg)
+        except (OSError, ValueError) as exc:  # the pipe is gone: the program is ending
+            logger.debug("fmq feeder dropped a message: %r", exc)
+            return
+
+
+def _join_feeder(thread_ref) -> None:
+    thread = thread_ref()
+    if thread is not None:
+        thread.join()
+
+
+class Queue:
+    """A process-safe FIFO with ``multiprocessing.Queue``'s API and a prefetching consumer.
+
+    numpy arrays and CPU tensors inside items travel through reused shared-memory
+    slabs; only a small descriptor crosses the pipe. The first ``get()`` in a
+    process makes it the consumer and starts its stealer thread (``fmq-stealer``),
+    which rebuilds each item as it arrives, so ``get()`` of an item already
+    received returns in microseconds.
+
+    An item returned by ``get()`` belongs to the caller: its arrays and tensors
+    are views of a slab that is reused only after every one of them has been
+    garbage-collected. Keeping items alive therefore keeps slabs busy; when none
+    is free, producers send the next items through the pipe (slower, never stuck).
+
+    Hand it to child processes as a ``Process`` argument (fork, spawn or
+    forkserver). Several processes may ``put()``; one process may ``get()``.
+
+    Args:
+        maxsize: most items in flight (put, not yet returned by ``get()``); 0 for
+            no bound. The stealer's buffer counts against it.
+        num_slabs: shared-memory slabs; default ``maxsize + 2`` (8 when unbounded).
+            Shared memory in use is at most ``num_slabs`` x the largest item.
+        ctx: multiprocessing context or start-method name; default the platform's.
+
+    Raises:
+        ValueError: ``maxsize`` is not an int >= 0.
+    """
+
+    def __init__(self, maxsize: int = 0, *, num_slabs: int | None = None, ctx=None) -> None:
+        if not isinstance(maxsize, int) or isinstance(maxsize, bool) or maxsize < 0:
+            raise ValueError(f"maxsize must be an int >= 0 (0 means no bound), got {maxsize!r}")
+        if num_slabs is None:
+            num_slabs = maxsize + 2 if maxsize > 0 else 8
+        if ctx is None or isinstance(ctx, str):
+            ctx = mp.get_context(ctx)
+        self._maxsize = maxsize
+        self._reader, self._writer = ctx.Pipe(duplex=False)
+        self._wlock = ctx.Lock()
+        self._slots = ctx.BoundedSemaphore(maxsize if maxsize > 0 else _SEM_VALUE_MAX)
+        self._consumer_pid = ctx.RawValue("q", 0)
+        self._arena = SlabArena(num_slabs, ctx)
+        self._reset_local()
+
+    # -- per-process state ------------------------------------------------------
+    def _reset_local(self) -> None:
+        self._local = _Local()
+        self._arena.after_fork()
+        _LIVE_QUEUES.add(self)
+        # Safety net: stop this process's threads at exit or when the queue is
+        # collected, so the interpreter never tears down under a running thread.
+        # It holds only the _Local, never self.
+        self._finalizer = weakref.finalize(self, _Local.shutdown, self._local)
+
+    def __getstate__(self):
+        mp_context.assert_spawning(self)
+        return (self._maxsize, self._reader, self._writer, self._wlock, self._slots,
+                self._consumer_pid, self._arena)
+
+    def __setstate__(self, state) -> None:
+        (self._maxsize, self._reader, self._writer, self._wlock, self._slots,
+         self._consumer_pid, self._arena) = state
+        self._reset_local()
+
+    # -- producer side ----------------------------------------------------------
+    def put(self, obj, block: bool = True, timeout: float | None = None) -> None:
+        """Put ``obj`` on the queue; it is copied before this returns.
+
+        Raises:
+            queue.Full: ``maxsize`` items are in flight and none was taken within ``timeout``.
+            TypeError: ``obj`` cannot be pickled (nothing else in the queue is affected).
+            QueueClosed: this process closed the queue.
+        """
+        local = self._local
+        if local.closed:
+            raise QueueClosed("put() on a closed Queue; create a new Queue to send more items")
+        if not self._slots.acquire(block, timeout):
+            raise _queue.Full
+        try:
+            msg = self._encode(obj)
+        except BaseException:
+            self._slots.release()
+            raise
+        if local.feeder is None:
+            self._start_feeder(local)
+        with local.not_empty:
+            local.buffer.append(msg)
+            local.not_empty.notify()
+
+    def put_nowait(self, obj) -> None:
+        """``put(obj, block=False)``."""
+        self.put(obj, False)
+
+    def _encode(self, obj) -> bytes:
+        stream, buffers = codec.encode(obj)
+        if not buffers:
+            return b"".join((_HEADER.pack(INLINE, -1, 0, len(stream)), stream))
+        table, end = [], 0
+        for buf in buffers:
+            table.append((end, buf.nbytes))
+            end = align(end + buf.nbytes)
+        entries = b"".join(_ENTRY.pack(off, n) for off, n in table)
+        slab = self._arena.claim(end)
+        if slab is not None:
+            try:
+                dst = self._arena.writable(slab)
+                for (off, n), buf in zip(table, buffers):
+                    dst[off:off + n] = buf
+            except BaseException:
+                self._arena.release(slab)
+                raise
+            return b"".join((_HEADER.pack(SLAB, slab, len(buffers), len(stream)), entries, stream))
+        logger.debug("fmq: no free slab, sending %d bytes through the pipe", end)
+        head = b"".join((_HEADER.pack(PIPE, -1, len(buffers), len(stream)), entries, stream))
+        msg = bytearray(len(head) + end)
+        msg[: len(head)] = head
+        for (off, n), buf in zip(table, buffers):
+            msg[len(head) + off: len(head) + off + n] = buf
+        return msg
+
+    def _start_feeder(self, local: _Local) -> None:
+        with local.lock:
+            if local.feeder is not None:
+                return
+            local.feeder = threading.Thread(target=_feed, args=(local, self._writer, self._wlock),
+                                            name="fmq-feeder", daemon=True)
+            local.feeder.start()
+            if mp.parent_process() is not None and not local.cancel_join:
+                # In a child, flush what was put before the process exits (as
+                # multiprocessing.Queue does); the creator's descendants are joined
+                # before it exits, so it need not wait. Stop first (priority 10), then join.
+                mp_util.Finalize(local.feeder, _Local.stop_feeder, [local], exitpriority=10)
+                local.join_at_exit = mp_util.Finalize(
+                    local.feeder, _join_feeder, [weakref.ref(local.feeder)], exitpriority=-5)
+
+    # -- consumer side ----------------------------------------------------------
+    def get(self, block: bool = True, timeout: float | None = None):
+        """Remove and return the oldest item.
+
+        Blocks like ``multiprocessing.Queue.get``: with ``timeout=None`` it waits
+        until an item arrives, even if every producer has died -- pass a timeout
+        when producers may die (the loader watches its workers itself).
+
+        Raises:
+            queue.Empty: no item within ``timeout`` (or at once with ``block=False``).
+            QueueClosed: this process closed the queue.
+            RuntimeError: another live process is already this queue's consumer.
+        """
+        stealer = self._local.stealer or self._become_consumer()
+        item = stealer.take(block, timeout)
+        self._slots.release()
+        if type(item) is _Failed:
+            raise item.error
+        return item
+
+    def get_nowait(self):
+        """``get(block=False)``."""
+        return self.get(False)
+
+    def _become_consumer(self) -> Stealer:
+        local = self._local
+        with local.lock:
+            if local.closed:
+                raise QueueClosed("get() on a closed Queue; create a new Queue to receive more items")
+            if local.stealer is not None:
+                return local.stealer
+            me = os.getpid()
+            with self._wlock:
+                other = self._consumer_pid.value
+                if other not in (0, me) and _pid_alive(other):
+                    raise RuntimeError(
+                        f"this Queue already has a consumer, process {other}; fmq_loader.Queue "
+                        "supports one consuming process (several producers). Use one Queue per "
+                        f"consumer, or close() the queue in process {other} first")
+                self._consumer_pid.value = me
+            local.stealer = Stealer(self._reader, self._rebuild)
+            return local.stealer
+
+    def _rebuild(self, msg: bytes):
+        kind, slab, nbuf, nstream = _HEADER.unpack_from(msg, 0)
+        pos = _HEADER.size
+        table = [_ENTRY.unpack_from(msg, pos + i * _ENTRY.size) for i in range(nbuf)]
+        pos += nbuf * _ENTRY.size
+        view = memoryview(msg)
+        stream = view[pos:pos + nstream]
+        if kind == INLINE:
+            return codec.decode(stream, ())
+        if kind == SLAB:
+            end = max(off + n for off, n in table)
+            token = self._arena.lease(slab, end)
+            buffers = [np.frombuffer(token, np.uint8, n, off) for off, n in table]
+            return codec.decode(stream, buffers)
+        if kind == PIPE:
+            data = view[pos + nstream:]
+            if any(off + n > len(data) for off, n in table):
+                raise ValueError("message's buffer table points past its data; corrupt message")
+            return codec.decode(stream, [bytearray(data[off:off + n]) for off, n in table])
+        raise ValueError(f"message kind must be 0, 1 or 2, got {kind}; corrupt message")
+
+    # -- state ------------------------------------------------------------------
+    def qsize(self) -> int:
+        """Items put and not yet returned by ``get()``: a snapshot; a following ``get()`` may still block."""
+        bound = self._maxsize if self._maxsize > 0 else _SEM_VALUE_MAX
+        return bound - self._slots.get_value()
+
+    def empty(self) -> bool:
+        """``qsize() == 0`` (a snapshot)."""
+        return self.qsize() == 0
+
+    def full(self) -> bool:
+        """True when ``maxsize`` items are in flight (a snapshot)."""
+        return self._maxsize > 0 and self._slots.get_value() == 0
+
+    @property
+    def maxsize(self) -> int:
+        return self._maxsize
+
+    # -- closing ----------------------------------------------------------------
+    def close(self) -> None:
+        """This process will put and get no more; stop its stealer, let its feeder flush.
+
+        Idempotent. Items already put by this process are still delivered (call
+        ``join_thread()`` to wait for that). Items buffered by this process's
+        stealer are dropped.
+        """
+        local = self._local
+        if local.closed:
+            return
+        local.shutdown()
+        if local.stealer is not None:
+            with self._wlock:
+                if self._consumer_pid.value == os.getpid():
+                    self._consumer_pid.value = 0
+
+    def join_thread(self) -> None:
+        """Wait until every item this process put has been written to the pipe.
+
+        Raises:
+            ValueError: the queue is not closed yet (call ``close()`` first).
+        """
+        local = self._local
+        if not local.closed:
+            raise ValueError("join_thread() needs close() first: the feeder thread only "
+                             "ends after the queue is closed")
+        if local.feeder is not None:
+            local.feeder.join()
+
+    def cancel_join_thread(self) -> None:
+        """Do not wait for this process's unsent items when it exits (they may be lost)."""
+        local = self._local
+        if local.join_at_exit is not None:
+            local.join_at_exit.cancel()
+            local.join_at_exit = None
+        local.cancel_join = True
+
+    def __enter__(self) -> "Queue":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"<fmq_loader.Queue maxsize={self._maxsize} qsize={self.qsize()} "
+                f"slabs={self._arena.num_slabs}{' closed' if self._local.closed else ''}>")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
