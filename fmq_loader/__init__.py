@@ -1,13 +1,25 @@
-"""fmq_loader: a drop-in torch DataLoader fed through reused shared-memory slabs."""
+"""fmq_loader: a drop-in torch DataLoader fed through reused shared-memory slabs.
 
+Workers decode and collate batches into shared-memory slabs; a stealer thread in
+your process rebuilds them as zero-copy tensors before your loop asks.
+"""
+
+from . import transforms
+from .datasets import ImageFolder
+from .decode import DecodeError
 from .errors import (BatchTooLarge, ConfigError, FMQError, ProducersGone, QueueClosed,
                      QueueTimeout, WorkerError)
+from .loader import FMQLoader
+from .pool import ProducerPool
 from .queue import Queue
+from .synth import make_dataset
+from .worker import WorkerInfo, get_worker_info
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Queue",
+    "FMQLoader", "ProducerPool", "Queue", "ImageFolder", "make_dataset", "transforms",
+    "get_worker_info", "WorkerInfo",
     "FMQError", "ConfigError", "BatchTooLarge", "QueueClosed", "QueueTimeout",
-    "ProducersGone", "WorkerError",
+    "ProducersGone", "WorkerError", "DecodeError",
 ]

@@ -105,7 +105,7 @@ class SlabArena:
 
     def after_fork(self) -> None:
         """Drop this process's mappings inherited from the parent (fork)."""
-        if self._pid != os.getpid():
+        if self._pid != os.getpid() and not self._closed:
             self._init_local()
 
     # -- producer side

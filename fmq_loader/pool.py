@@ -1,0 +1,144 @@
+"""ProducerPool: start the worker processes, hand out tasks, watch liveness, shut down in order.
+
+The pool owns the worker processes, one task pipe per worker, and the shared
+result ``Queue`` (which owns the slab arena). ``close()`` follows NOTE
+[ fmq shutdown order ] in loader.py: stop the reader (the queue's stealer)
+first, then ask workers to stop, join them with a timeout, terminate and kill
+stragglers, and finally close the queue's shared memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import signal
+import time
+from typing import Any, Callable
+
+from .errors import WorkerError
+from .queue import Queue
+from .worker import Reseed, Stop, Task, WorkerSpec, run_worker
+
+__all__ = ["ProducerPool"]
+
+logger = logging.getLogger(__name__)
+
+
+def _check_picklable(what: str, obj: Any, method: str) -> None:
+    try:
+        pickle.dumps(obj)
+    except Exception as exc:
+        raise TypeError(
+            f"{what} {obj!r} cannot be pickled for a {method!r} worker ({type(exc).__name__}: "
+            f"{exc}); define it at module top level (not a lambda or local function), or use "
+            "multiprocessing_context='fork'") from exc
+
+
+class ProducerPool:
+    """Worker processes that load, transform and collate batches into shared memory.
+
+    Args:
+        dataset: the dataset each worker reads (pickled once per worker under
+            spawn/forkserver; inherited under fork).
+        num_workers: worker processes, >= 1.
+        ctx: the multiprocessing context.
+        max_outstanding: most batches in flight; sizes the slab arena
+            (``max_outstanding + extra_slabs`` slabs, each as large as the largest batch).
+        extra_slabs: slabs for batches the user still holds; beyond them batches
+            travel through the pipe instead of blocking.
+    """
+
+    def __init__(self, dataset, num_workers: int, ctx, *, auto_collation: bool,
+                 collate_fn: Callable | None, drop_last: bool, batch_size: int | None,
+                 worker_init_fn: Callable | None, iterable: bool, max_outstanding: int,
+                 extra_slabs: int = 4) -> None:
+        method = ctx.get_start_method()
+        if method != "fork":
+            for what, obj in (("dataset", dataset), ("collate_fn", collate_fn),
+                              ("worker_init_fn", worker_init_fn)):
+                if obj is not None:
+                    _check_picklable(what, obj, method)
+        self.num_workers = num_workers
+        self.results = Queue(0, num_slabs=max_outstanding + extra_slabs, ctx=ctx)
+        self._task_pipes = []
+        self.workers = []
+        self._closed = False
+        try:
+            for wid in range(num_workers):
+                reader, writer = ctx.Pipe(duplex=False)
+                spec = WorkerSpec(wid, num_workers, dataset, auto_collation, collate_fn, drop_last,
+                                  batch_size, worker_init_fn, reader, self.results, iterable)
+                proc = ctx.Process(target=run_worker, args=(spec,), name=f"fmq-worker-{wid}",
+                                   daemon=True)
+                proc.start()
+                reader.close()  # the worker holds the only reading end
+                self._task_pipes.append(writer)
+                self.workers.append(proc)
+        except BaseException:
+            self.close()
+            raise
+
+    def reseed(self, base_seed: int) -> None:
+        """Start an epoch in every worker: seed ``base_seed + worker_id``."""
+        for pipe in self._task_pipes:
+            pipe.send(Reseed(base_seed))
+
+    def submit(self, worker_id: int, task_id: int, indices) -> None:
+        """Send one task to one worker."""
+        self._task_pipes[worker_id].send(Task(task_id, indices))
+
+    def get(self, timeout: float):
+        """One ``(task_id, worker_id, payload)`` result; ``queue.Empty`` after ``timeout``."""
+        return self.results.get(True, timeout)
+
+    def check_alive(self) -> None:
+        """Raise ``WorkerError`` if a worker has exited (signal named, OOM hint for SIGKILL)."""
+        for wid, proc in enumerate(self.workers):
+            code = proc.exitcode
+            if code is None:
+                continue
+            if code < 0:
+                try:
+                    name = signal.Signals(-code).name
+                except ValueError:
+                    name = f"signal {-code}"
+                hint = ("SIGKILL is often the Linux OOM killer: check `dmesg`, or lower "
+                        "num_workers / batch_size" if -code == signal.SIGKILL else
+                        "a crash in native code (decoder, extension); run with num_workers=0 "
+                        "to see it in the main process" if -code == signal.SIGSEGV else
+                        "something outside the loader sent it")
+                msg = f"worker {wid} (pid {proc.pid}) exited unexpectedly with {name}; {hint}"
+            else:
+                msg = (f"worker {wid} (pid {proc.pid}) exited unexpectedly with exit code {code}; "
+                       "a call to sys.exit() or os._exit() in the dataset may be the cause")
+            raise WorkerError(msg, worker_id=wid, pid=proc.pid)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop everything; idempotent. See NOTE [ fmq shutdown order ] in loader.py."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.results.close()  # (2) stop the reader first
+            for pipe in self._task_pipes:  # (3) ask workers to stop
+                try:
+                    pipe.send(Stop())
+                except (OSError, ValueError):
+                    pass
+            deadline = time.monotonic() + timeout
+            for proc in self.workers:  # (4) join with a bound
+                proc.join(max(0.0, deadline - time.monotonic()))
+        finally:
+            for proc in self.workers:
+                if proc.is_alive():
+                    logger.warning("fmq worker %s (pid %s) did not stop in %.1f s; terminating",
+                                   proc.name, proc.pid, timeout)
+                    proc.terminate()
+                    proc.join(1.0)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(1.0)
+                proc.close() if proc.exitcode is not None else None
+            for pipe in self._task_pipes:
+                pipe.close()
+            self.results._arena.close()  # (6) drop our slab descriptors; live views keep theirs

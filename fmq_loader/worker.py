@@ -1,0 +1,242 @@
+"""Code that runs only in a worker process: run_worker(spec) and the messages it exchanges.
+
+A worker waits on two things at once: its task pipe from the main process and
+``multiprocessing.parent_process().sentinel``, which becomes readable the moment
+the parent dies -- so a worker of a SIGKILLed training script exits at once
+instead of polling ``getppid()``. Results go to the pool's shared
+``fmq_loader.Queue``. See NOTE [ fmq shutdown order ] in loader.py.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+import random
+import signal
+import sys
+import traceback
+from multiprocessing import connection as mp_connection
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["WorkerSpec", "Task", "Reseed", "Stop", "EndOfData", "WorkerFailure",
+           "WorkerInfo", "get_worker_info", "run_worker", "seed_everything"]
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs, handed over once at start."""
+
+    worker_id: int
+    num_workers: int
+    dataset: Any
+    auto_collation: bool
+    collate_fn: Callable | None
+    drop_last: bool
+    batch_size: int | None
+    worker_init_fn: Callable | None
+    tasks: Any  # receiving Connection
+    results: Any  # fmq_loader.Queue
+    iterable: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """Fetch one batch: ``indices`` for map-style datasets, None for iterable ones."""
+
+    task_id: int
+    indices: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Reseed:
+    """Start of an epoch: seed the RNGs and (iterable datasets) restart the iterator."""
+
+    base_seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Stop:
+    """Exit the worker loop."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EndOfData:
+    """An iterable dataset's iterator in this worker is exhausted."""
+
+    worker_id: int
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerFailure:
+    """A picklable stand-in for an exception raised in a worker (type, message, traceback)."""
+
+    worker_id: int
+    pid: int
+    exc_type: type
+    message: str
+    traceback_text: str
+    where: str
+
+
+class WorkerInfo:
+    """What ``get_worker_info()`` returns inside a worker: id, num_workers, seed, dataset."""
+
+    def __init__(self, id: int, num_workers: int, seed: int, dataset: Any) -> None:
+        self.id = id
+        self.num_workers = num_workers
+        self.seed = seed
+        self.dataset = dataset
+
+    def __repr__(self) -> str:
+        return f"WorkerInfo(id={self.id}, num_workers={self.num_workers}, seed={self.seed})"
+
+
+_worker_info: WorkerInfo | None = None
+
+
+def get_worker_info() -> WorkerInfo | None:
+    """The current worker's ``WorkerInfo``; None in the main process."""
+    return _worker_info
+
+
+def seed_everything(seed: int) -> None:
+    """Seed ``random``, numpy's global RNG and torch from one 64-bit seed."""
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    np.random.seed(np.random.SeedSequence(seed % 2**64).generate_state(4))
+
+
+def _publish_worker_info(spec: WorkerSpec, seed: int) -> None:
+    """Runs in the worker process. Make our and torch's get_worker_info() answer."""
+    global _worker_info
+    _worker_info = WorkerInfo(spec.worker_id, spec.num_workers, seed, spec.dataset)
+    try:  # torch's own get_worker_info() reads this module global
+        from torch.utils.data._utils import worker as torch_worker
+
+        torch_worker._worker_info = torch_worker.WorkerInfo(
+            id=spec.worker_id, num_workers=spec.num_workers, seed=seed, dataset=spec.dataset)
+    except Exception:  # a torch without that private hook: only ours answers
+        pass
+
+
+def _keep_freed_memory() -> None:
+    """Runs in the worker process. Ask glibc to reuse large freed blocks.
+
+    Without it every batch-sized allocation is a fresh mmap whose pages fault in
+    again (DESIGN.md: "Memory allocation inside decoders matters").
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 512 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def _failure(spec: WorkerSpec, exc: BaseException, where: str) -> WorkerFailure:
+    return WorkerFailure(spec.worker_id, os.getpid(), type(exc), str(exc),
+                         "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), where)
+
+
+def run_worker(spec: WorkerSpec) -> None:
+    """Runs in the worker process. Serve tasks until Stop, end of the task pipe, or parent death."""
+    import torch
+
+    # Ctrl-C reaches the whole process group; the main process owns the reaction.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+    _keep_freed_memory()
+    results = spec.results
+    results.cancel_join_thread()  # never hang at exit on a consumer that stopped reading
+    parent = __import__("multiprocessing").parent_process()
+    watch = [spec.tasks] + ([parent.sentinel] if parent is not None else [])
+    from .collate import default_convert
+
+    _publish_worker_info(spec, 0)
+    if spec.worker_init_fn is not None:
+        try:
+            spec.worker_init_fn(spec.worker_id)
+        except Exception as exc:
+            results.put((-1, spec.worker_id, _failure(spec, exc, "in worker_init_fn")))
+            return
+    iterator = None
+    while True:
+        ready = mp_connection.wait(watch)
+        if spec.tasks not in ready:
+            return  # the parent died
+        try:
+            msg = spec.tasks.recv()
+        except (EOFError, OSError):
+            return
+        if isinstance(msg, Stop):
+            return
+        if isinstance(msg, Reseed):
+            seed = msg.base_seed + spec.worker_id
+            seed_everything(seed)
+            _publish_worker_info(spec, seed)
+            iterator = None
+            if spec.iterable:
+                try:
+                    iterator = iter(spec.dataset)
+                except Exception as exc:
+                    results.put((-1, spec.worker_id, _failure(spec, exc, "creating the dataset iterator")))
+            continue
+        task: Task = msg
+        try:
+            if spec.iterable:
+                payload = _next_from_iterable(spec, iterator)
+            elif spec.auto_collation:
+                samples = [spec.dataset[i] for i in task.indices]
+                payload = spec.collate_fn(samples)
+            else:
+                payload = spec.dataset[task.indices]
+                if spec.collate_fn is not None:
+                    payload = spec.collate_fn(payload)
+        except Exception as exc:
+            where = (f"fetching indices {_short(task.indices)}" if task.indices is not None
+                     else "iterating the dataset")
+            payload = _failure(spec, exc, where)
+        try:
+            results.put((task.task_id, spec.worker_id, payload))
+        except Exception as exc:  # e.g. the batch could not be pickled
+            results.put((task.task_id, spec.worker_id, _failure(spec, exc, "sending the batch")))
+        del payload
+
+
+def _next_from_iterable(spec: WorkerSpec, iterator):
+    """Runs in the worker process. One batch (or one item) from this worker's iterator."""
+    if iterator is None:
+        return EndOfData(spec.worker_id)
+    if not spec.auto_collation:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return EndOfData(spec.worker_id)
+        return spec.collate_fn(item) if spec.collate_fn is not None else item
+    items = []
+    for item in iterator:
+        items.append(item)
+        if len(items) == spec.batch_size:
+            break
+    if not items or (spec.drop_last and len(items) < spec.batch_size):
+        return EndOfData(spec.worker_id)
+    return spec.collate_fn(items)
+
+
+def _short(indices) -> str:
+    text = repr(list(indices) if not isinstance(indices, int) else indices)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def describe_failure(f: WorkerFailure) -> str:
+    """The message the main process raises for a worker failure."""
+    return (f"Caught {f.exc_type.__name__} in worker {f.worker_id} (pid {f.pid}) {f.where}.\n"
+            f"Original {f.traceback_text}")
+
+
+del sys
