@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import os
+import pickle
 import random
 import signal
 import sys
@@ -170,7 +171,7 @@ def run_worker(spec: WorkerSpec) -> None:
         if spec.tasks not in ready:
             return  # the parent died
         try:
-            msg = spec.tasks.recv()
+            msg = pickle.loads(spec.tasks.recv_bytes())
         except (EOFError, OSError):
             return
         if isinstance(msg, Stop):

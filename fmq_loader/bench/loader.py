@@ -1,0 +1,180 @@
+"""Loader benchmark: FMQLoader against torch DataLoader, same Dataset, same run.
+
+Both loaders read the *same* user Dataset (``PlainJPEGDataset``: Pillow decode ->
+random-resized-crop 224 -> flip -> uint8 CHW tensor, written the way a
+torchvision user would, without fmq_loader's decoder), batch 64, 2 workers,
+persistent workers, 2 epochs, on a generated folder of ~500x375 JPEGs.
+
+Reported per loader (medians over ``--runs`` runs, alternating loaders):
+images/s over both epochs; main-process CPU per batch (median and mean of the
+process CPU time -- all threads -- spent inside ``next()``); ``next()`` latency
+when a batch is already waiting; time to the first batch (from ``iter()``,
+worker start included); epoch-2 start (time from the end of epoch 1 to the
+first batch of epoch 2); peak shared memory (fmq: the slab arena).
+
+    python -m fmq_loader.bench loader [--quick] [--images N] [--runs R] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = ["PlainJPEGDataset", "main", "run"]
+
+
+class PlainJPEGDataset(torch.utils.data.Dataset):
+    """Pillow decode -> RandomResizedCrop(224) -> flip -> uint8 CHW tensor (torchvision-style)."""
+
+    def __init__(self, root: str, size: int = 224) -> None:
+        self.paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
+                            if f.endswith(".jpg"))
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        with Image.open(self.paths[i]) as im:
+            img = im.convert("RGB")
+        w, h = img.size
+        area = w * h
+        for _ in range(10):
+            target = area * random.uniform(0.08, 1.0)
+            ratio = math.exp(random.uniform(math.log(3 / 4), math.log(4 / 3)))
+            cw, ch = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
+            if 0 < cw <= w and 0 < ch <= h:
+                x, y = random.randint(0, w - cw), random.randint(0, h - ch)
+                break
+        else:
+            cw, ch, x, y = w, h, 0, 0
+        img = img.resize((self.size, self.size), Image.BILINEAR, box=(x, y, x + cw, y + ch))
+        if random.random() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        return torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous(), i % 10
+
+
+def _cpu() -> float:
+    return time.process_time()  # this process, all threads; children excluded
+
+
+def _one_run(kind: str, dataset, batch_size: int, num_workers: int, epochs: int, ctx: str) -> dict:
+    from fmq_loader import FMQLoader
+
+    cls = FMQLoader if kind == "fmq" else torch.utils.data.DataLoader
+    loader = cls(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers,
+                 persistent_workers=True, multiprocessing_context=ctx,
+                 generator=torch.Generator().manual_seed(0))
+    cpu_per_batch, ready_next, epoch_starts = [], [], []
+    first_batch = None
+    images = 0
+    t_start = time.perf_counter()
+    t_end_prev = None
+    try:
+        for epoch in range(epochs):
+            t_iter = time.perf_counter()
+            it = iter(loader)
+            n = 0
+            while True:
+                if n == 3:  # let the prefetch fill, then time a next() whose batch is waiting
+                    time.sleep(0.5)
+                c0, t0 = _cpu(), time.perf_counter()
+                try:
+                    x, _ = next(it)
+                except StopIteration:
+                    break
+                t1, c1 = time.perf_counter(), _cpu()
+                if n == 0:
+                    if epoch == 0:
+                        first_batch = t1 - t_iter
+                    elif t_end_prev is not None:
+                        epoch_starts.append(t1 - t_end_prev)
+                elif n == 3:
+                    ready_next.append(t1 - t0)
+                if n > 0:
+                    cpu_per_batch.append(c1 - c0)
+                images += x.shape[0]
+                n += 1
+                del x
+            t_end_prev = time.perf_counter()
+        elapsed = time.perf_counter() - t_start - 0.5 * epochs
+    finally:
+        if kind == "fmq":
+            loader.close()
+        else:
+            del loader
+    return {
+        "images_per_s": images / elapsed,
+        "cpu_ms_per_batch_median": 1e3 * statistics.median(cpu_per_batch),
+        "cpu_ms_per_batch_mean": 1e3 * statistics.fmean(cpu_per_batch),
+        "ready_next_us": 1e6 * statistics.median(ready_next),
+        "first_batch_ms": 1e3 * first_batch,
+        "epoch2_start_ms": 1e3 * statistics.median(epoch_starts) if epoch_starts else float("nan"),
+    }
+
+
+def run(root: str, runs: int, batch_size: int = 64, num_workers: int = 2, epochs: int = 2,
+        ctx: str = "fork") -> dict:
+    dataset = PlainJPEGDataset(root)
+    results: dict[str, list[dict]] = {"torch": [], "fmq": []}
+    for _ in range(runs):
+        for kind in ("torch", "fmq"):
+            results[kind].append(_one_run(kind, dataset, batch_size, num_workers, epochs, ctx))
+    return {kind: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+            for kind, rs in results.items()} | {"images": len(dataset), "runs": runs}
+
+
+def report(res: dict) -> str:
+    rows = [("images/s", "images_per_s", "{:.0f}", True),
+            ("main CPU per batch, median (ms)", "cpu_ms_per_batch_median", "{:.3f}", False),
+            ("main CPU per batch, mean (ms)", "cpu_ms_per_batch_mean", "{:.3f}", False),
+            ("next() with a batch waiting (us)", "ready_next_us", "{:.1f}", False),
+            ("time to first batch (ms)", "first_batch_ms", "{:.0f}", False),
+            ("epoch-2 start (ms)", "epoch2_start_ms", "{:.1f}", False)]
+    lines = [f"{'metric':34} {'torch DataLoader':>17} {'FMQLoader':>11} {'fmq/torch':>10}"]
+    for label, key, fmt, _ in rows:
+        t, f = res["torch"][key], res["fmq"][key]
+        ratio = f / t if t else float("nan")
+        lines.append(f"{label:34} {fmt.format(t):>17} {fmt.format(f):>11} {ratio:>9.2f}x")
+    lines.append(f"({res['images']} images, medians of {res['runs']} runs)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fmq_loader.bench loader", description=__doc__.split("\n")[0])
+    p.add_argument("--root", help="image folder (default: generate one under the temp dir)")
+    p.add_argument("--images", type=int, default=1280, help="images to generate (default 1280)")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--context", default="fork", choices=["fork", "spawn", "forkserver"])
+    p.add_argument("--quick", action="store_true", help="640 images, 1 run (under a minute)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.images, args.runs = 640, 1
+    root = args.root
+    if root is None:
+        from fmq_loader.synth import make_dataset
+
+        root = os.path.join(tempfile.gettempdir(), f"fmq_bench_jpegs_{args.images}")
+        if not os.path.isdir(root):
+            make_dataset(root, classes=10, per_class=args.images // 10, size=(500, 375), progress=True)
+    res = run(root, args.runs, args.batch_size, args.num_workers, ctx=args.context)
+    print(json.dumps(res, indent=2) if args.json else report(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
