@@ -166,6 +166,7 @@ class FMQLoader:
         self._iterable = iterable
         self._epoch = 0
         self._iterations = 0
+        self._first_base_seed: int | None = None
         self._pool: ProducerPool | None = None
         self._current: weakref.ref | None = None
         self._closed = False
@@ -218,8 +219,14 @@ class FMQLoader:
         if self.seed is not None:
             state = np.random.SeedSequence([self.seed, self._epoch, self._iterations])
             base_seed = int(state.generate_state(1, np.uint64)[0] >> np.uint64(1))
-        else:  # as torch: one draw from the generator (or the global RNG) per epoch
+        elif self.persistent_workers and self._first_base_seed is not None:
+            # As torch: a persistent iterator draws from the generator only once, so a
+            # shuffling sampler sees the same generator state; later epochs derive theirs.
+            state = np.random.SeedSequence([self._first_base_seed, self._iterations])
+            base_seed = int(state.generate_state(1, np.uint64)[0] >> np.uint64(1))
+        else:  # as torch: one draw from the generator (or the global RNG) per iterator
             base_seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator).item())
+            self._first_base_seed = base_seed
         self._iterations += 1
         if self.num_workers == 0:
             return _single_process_iter(self, base_seed)

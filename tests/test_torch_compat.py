@@ -1,0 +1,199 @@
+"""FMQLoader yields exactly the batches torch.utils.data.DataLoader yields (issue 3).
+
+Every case runs both loaders with the same arguments (fresh, equally seeded
+generators) and compares the batches recursively: same container types, same
+keys, and ``torch.equal`` tensors of the same dtype and shape.
+"""
+
+from __future__ import annotations
+
+import collections
+import gc
+import re
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
+
+from fmq_loader import FMQLoader  # noqa: E402
+
+from _loader_data import KindDataset, ShardedRange, sum_and_count  # noqa: E402
+
+
+def assert_same_batch(ours, theirs, where: str = "batch") -> None:
+    """Recursively: same type, same structure, equal tensors of equal dtype and shape."""
+    if isinstance(theirs, torch.Tensor):
+        assert isinstance(ours, torch.Tensor), f"{where}: got {type(ours).__name__}, torch gives a Tensor"
+        assert ours.dtype == theirs.dtype, f"{where}: dtype {ours.dtype} != torch's {theirs.dtype}"
+        assert ours.shape == theirs.shape, f"{where}: shape {tuple(ours.shape)} != torch's {tuple(theirs.shape)}"
+        assert torch.equal(ours, theirs), f"{where}: values differ:\n{ours}\ntorch:\n{theirs}"
+        return
+    assert type(ours) is type(theirs), f"{where}: type {type(ours).__name__} != torch's {type(theirs).__name__}"
+    if isinstance(theirs, dict):
+        assert list(ours) == list(theirs), f"{where}: keys {list(ours)} != torch's {list(theirs)}"
+        for key in theirs:
+            assert_same_batch(ours[key], theirs[key], f"{where}[{key!r}]")
+    elif isinstance(theirs, (list, tuple)):
+        assert len(ours) == len(theirs), f"{where}: length {len(ours)} != torch's {len(theirs)}"
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            assert_same_batch(a, b, f"{where}[{i}]")
+    elif isinstance(theirs, np.ndarray):
+        np.testing.assert_array_equal(ours, theirs, err_msg=where)
+    else:
+        assert ours == theirs, f"{where}: {ours!r} != torch's {theirs!r}"
+
+
+def _kwargs(kw: dict, num_workers: int, method: str | None) -> dict:
+    kw = dict(kw)
+    if "generator_seed" in kw:
+        kw["generator"] = torch.Generator().manual_seed(kw.pop("generator_seed"))
+    kw["num_workers"] = num_workers
+    if num_workers > 0 and method is not None:
+        kw["multiprocessing_context"] = method
+    return kw
+
+
+def _epochs(loader, epochs: int) -> list[list]:
+    return [list(loader) for _ in range(epochs)]
+
+
+def _case(name, dataset, num_workers=(0, 1, 2), method="fork", epochs=1, **kw):
+    return [pytest.param(dataset, kw, nw, method, epochs, id=f"{name}-w{nw}-{method}")
+            for nw in num_workers]
+
+
+SEQUENTIAL = KindDataset(11)
+PARITY_CASES = [
+    *_case("sequential", SEQUENTIAL, batch_size=3),
+    *_case("shuffle-generator-2epochs", SEQUENTIAL, epochs=2, batch_size=4, shuffle=True,
+           generator_seed=7),
+    *_case("custom-sampler", SEQUENTIAL, num_workers=(0, 2), batch_size=2,
+           sampler=[5, 3, 9, 1, 0, 10, 2]),
+    *_case("distributed-sampler", SEQUENTIAL, num_workers=(2,), batch_size=2,
+           sampler=DistributedSampler(SEQUENTIAL, num_replicas=2, rank=1, shuffle=True, seed=3)),
+    *_case("batch-sampler", SEQUENTIAL, num_workers=(0, 2),
+           batch_sampler=[[0, 1, 2], [5], [3, 4, 6, 7], [10, 8]]),
+    *_case("drop-last", SEQUENTIAL, num_workers=(0, 2), batch_size=4, drop_last=True),
+    *_case("batch-size-none", SEQUENTIAL, num_workers=(0, 2), batch_size=None),
+    *_case("batch-size-none-dict", KindDataset(5, "dict"), num_workers=(2,), batch_size=None),
+    *_case("custom-collate", SEQUENTIAL, num_workers=(0, 2), batch_size=3,
+           collate_fn=sum_and_count),
+    *[c for kind in ("dict", "tuple", "namedtuple", "ndarray", "str", "number")
+      for c in _case(f"{kind}-samples", KindDataset(7, kind), num_workers=(0, 2), batch_size=3)],
+    *_case("spawn", KindDataset(9, "dict"), num_workers=(2,), method="spawn", batch_size=2,
+           shuffle=True, generator_seed=11),
+    *_case("forkserver", KindDataset(9, "namedtuple"), num_workers=(1,), method="forkserver",
+           batch_size=4, drop_last=True),
+    *_case("persistent-shuffle-2epochs", SEQUENTIAL, num_workers=(2,), epochs=2, batch_size=3,
+           shuffle=True, generator_seed=5, persistent_workers=True),
+    *_case("persistent-spawn-2epochs", KindDataset(6, "tuple"), num_workers=(2,),
+           method="spawn", epochs=2, batch_size=2, persistent_workers=True),
+    *_case("iterable-sharded", ShardedRange(0, 23), batch_size=4),
+    *_case("iterable-sharded-drop-last", ShardedRange(0, 23), num_workers=(2,), batch_size=4,
+           drop_last=True),
+    *_case("iterable-sharded-no-batching", ShardedRange(0, 7), num_workers=(0, 2),
+           batch_size=None),
+    *_case("iterable-sharded-2epochs-persistent", ShardedRange(0, 13), num_workers=(2,),
+           epochs=2, batch_size=3, persistent_workers=True),
+]
+
+
+@pytest.mark.parametrize("dataset,kw,num_workers,method,epochs", PARITY_CASES)
+def test_yields_the_batches_torch_dataloader_yields(dataset, kw, num_workers, method, epochs):
+    theirs_loader = DataLoader(dataset, **_kwargs(kw, num_workers, method))
+    theirs = _epochs(theirs_loader, epochs)
+    theirs_len = len(theirs_loader) if not isinstance(dataset, ShardedRange) else None
+    del theirs_loader  # torch's persistent workers stop when its iterator is collected
+    gc.collect()
+    with FMQLoader(dataset, **_kwargs(kw, num_workers, method)) as loader:
+        ours = _epochs(loader, epochs)
+        if theirs_len is not None:  # torch: no len() without __len__
+            assert len(loader) == theirs_len
+    for epoch, (ours_batches, theirs_batches) in enumerate(zip(ours, theirs)):
+        assert len(ours_batches) == len(theirs_batches), f"epoch {epoch}: batch count"
+        for i, (a, b) in enumerate(zip(ours_batches, theirs_batches)):
+            assert_same_batch(a, b, f"epoch {epoch} batch {i}")
+
+
+def _key(batch) -> tuple:
+    return tuple(batch.flatten().tolist())
+
+
+@pytest.mark.parametrize("dataset", [KindDataset(13), ShardedRange(0, 17)],
+                         ids=["map-style", "iterable-sharded"])
+def test_in_order_false_yields_the_same_multiset_of_batches(dataset):
+    theirs = DataLoader(dataset, batch_size=3, num_workers=2, multiprocessing_context="fork",
+                        in_order=False)
+    with FMQLoader(dataset, batch_size=3, num_workers=2, multiprocessing_context="fork",
+                   in_order=False) as loader:
+        ours = list(loader)
+    assert collections.Counter(map(_key, ours)) == collections.Counter(map(_key, theirs))
+
+
+def test_len_matches_torch_for_samplers_drop_last_and_sized_iterables():
+    class SizedRange(ShardedRange):
+        def __len__(self):
+            return self.end - self.start
+
+    dataset = KindDataset(10)
+    for kw in (dict(batch_size=3), dict(batch_size=3, drop_last=True), dict(batch_size=None),
+               dict(batch_sampler=[[0], [1, 2]]), dict(sampler=range(7), batch_size=2),
+               dict(sampler=DistributedSampler(dataset, num_replicas=3, rank=0), batch_size=2)):
+        assert len(FMQLoader(dataset, **kw)) == len(DataLoader(dataset, **kw)), kw
+    for kw in (dict(batch_size=4), dict(batch_size=4, drop_last=True), dict(batch_size=None)):
+        sized = SizedRange(0, 10)
+        assert len(FMQLoader(sized, **kw)) == len(DataLoader(sized, **kw)), kw
+
+
+def _flat(message: str) -> str:
+    return "".join(message.split()).rstrip(".")
+
+
+INVALID = [
+    pytest.param(KindDataset(4), dict(num_workers=-1), id="negative-num-workers"),
+    pytest.param(KindDataset(4), dict(timeout=-1), id="negative-timeout"),
+    pytest.param(KindDataset(4), dict(prefetch_factor=2), id="prefetch-factor-without-workers"),
+    pytest.param(KindDataset(4), dict(num_workers=1, prefetch_factor=-1),
+                 id="negative-prefetch-factor"),
+    pytest.param(KindDataset(4), dict(persistent_workers=True), id="persistent-without-workers"),
+    pytest.param(ShardedRange(0, 4), dict(shuffle=True), id="iterable-with-shuffle"),
+    pytest.param(ShardedRange(0, 4), dict(sampler=[0, 1]), id="iterable-with-sampler"),
+    pytest.param(ShardedRange(0, 4), dict(batch_sampler=[[0, 1]]), id="iterable-with-batch-sampler"),
+    pytest.param(KindDataset(4), dict(sampler=[0, 1], shuffle=True), id="sampler-with-shuffle"),
+    pytest.param(KindDataset(4), dict(batch_sampler=[[0, 1]], batch_size=2),
+                 id="batch-sampler-with-batch-size"),
+    pytest.param(KindDataset(4), dict(batch_sampler=[[0, 1]], shuffle=True),
+                 id="batch-sampler-with-shuffle"),
+    pytest.param(KindDataset(4), dict(batch_sampler=[[0, 1]], sampler=[0, 1]),
+                 id="batch-sampler-with-sampler"),
+    pytest.param(KindDataset(4), dict(batch_sampler=[[0, 1]], drop_last=True),
+                 id="batch-sampler-with-drop-last"),
+    pytest.param(KindDataset(4), dict(batch_size=None, drop_last=True),
+                 id="batch-size-none-with-drop-last"),
+    pytest.param(KindDataset(4), dict(num_workers=1, multiprocessing_context="no-such-method"),
+                 id="unknown-start-method"),
+    pytest.param(KindDataset(4), dict(multiprocessing_context="fork"),
+                 id="context-without-workers"),
+]
+
+
+@pytest.mark.parametrize("dataset,kw", INVALID)
+def test_invalid_arguments_raise_torchs_value_error(dataset, kw):
+    """Our message starts with torch's (whitespace aside) and may add the offending value."""
+    with pytest.raises(ValueError) as theirs:
+        DataLoader(dataset, **kw)
+    torch_message = str(theirs.value)
+    with pytest.raises(ValueError, match=re.escape(torch_message.split()[0])) as ours:
+        FMQLoader(dataset, **kw)
+    assert _flat(str(ours.value)).startswith(_flat(torch_message)), (
+        f"ours: {ours.value}\ntorch's: {torch_message}")
+
+
+def test_invalid_context_object_raises_torchs_type_error():
+    with pytest.raises(TypeError) as theirs:
+        DataLoader(KindDataset(4), num_workers=1, multiprocessing_context=3)
+    with pytest.raises(TypeError, match="multiprocessing_context option should be a valid context"):
+        FMQLoader(KindDataset(4), num_workers=1, multiprocessing_context=3)
+    assert "multiprocessing_context option should be a valid context" in str(theirs.value)
