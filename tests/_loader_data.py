@@ -99,22 +99,32 @@ class WorkerInfoDataset(Dataset):
 _INIT_RAN_FOR = -1
 
 
-def record_worker_init(worker_id: int) -> None:
-    """A worker_init_fn that leaves its argument where WorkerInfoDataset can report it."""
-    global _INIT_RAN_FOR
-    _INIT_RAN_FOR = worker_id
+class RecordWorkerInit:
+    """A worker_init_fn: leaves its argument where WorkerInfoDataset reports it, and
+    writes ``<directory>/<worker_id>`` holding the worker's pid."""
+
+    def __init__(self, directory) -> None:
+        self.directory = str(directory)
+
+    def __call__(self, worker_id: int) -> None:
+        global _INIT_RAN_FOR
+        _INIT_RAN_FOR = worker_id
+        with open(os.path.join(self.directory, str(worker_id)), "w") as f:
+            f.write(str(os.getpid()))
 
 
 class RandomDrawDataset(Dataset):
     """Each sample: the worker id and one draw from random, numpy and torch."""
 
-    def __init__(self, n: int = 8) -> None:
+    def __init__(self, n: int = 8, delay_s: float = 0.02) -> None:
         self.n = n
+        self.delay_s = delay_s
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, i):
+        time.sleep(self.delay_s)  # so that every worker gets a share of the samples
         info = get_worker_info()
         return (info.id if info is not None else -1, random.random(), float(np.random.rand()),
                 float(torch.rand(())))
