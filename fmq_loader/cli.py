@@ -1,4 +1,4 @@
-"""The ``fmq-loader`` command line: one subparser per subcommand (make-dataset, ...).
+"""The ``fmq-loader`` command line: make-dataset, train, bench, show-config, check-config.
 
 Each subcommand is a ``_cmd_<name>(args) -> int`` registered in ``_build_parser``. A user
 mistake (bad argument value, unwritable folder) prints one ``fmq-loader: error: ...`` line
@@ -8,6 +8,8 @@ on stderr and exits with 2, without a traceback; ``--help`` on each subcommand d
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 
 __all__ = ["main"]
@@ -63,6 +65,188 @@ def _cmd_make_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- config-driven commands ---------------------------------------------------------------
+def _add_config_args(p: argparse.ArgumentParser, positional: bool = False) -> None:
+    if positional:
+        p.add_argument("config", nargs="?", metavar="CONFIG",
+                       help="YAML config (default: the built-in defaults)")
+    else:
+        p.add_argument("-c", "--config", metavar="CONFIG",
+                       help="YAML config, e.g. configs/cpu_small.yaml (default: built-in "
+                            "defaults, see `fmq-loader show-config`)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override one key, value parsed as YAML; repeatable, e.g. "
+                        "--set loader.num_workers=4 --set dataset.on_error=skip")
+
+
+def _load(args: argparse.Namespace, extra: list[str] = ()):
+    from fmq_loader.config import load_config
+
+    return load_config(args.config, [*extra, *args.overrides])
+
+
+def _dataset(cfg, progress: bool):
+    from fmq_loader.build import build_dataset
+
+    root = cfg.dataset.root
+    if root is not None and not os.path.exists(root) and cfg.dataset.generate_if_missing:
+        s = cfg.synth
+        print(f"generating {s.classes * s.per_class} images ({s.classes} classes x "
+              f"{s.per_class}, {s.size[0]}x{s.size[1]}) in {root} (dataset.generate_if_missing)",
+              file=sys.stderr)
+    return build_dataset(cfg, progress=progress)
+
+
+def _describe(cfg, dataset) -> str:
+    ld = cfg.loader
+    shape = "?"
+    if len(dataset):
+        x = dataset[0][0]
+        shape = "x".join(str(d) for d in getattr(x, "shape", ())) or type(x).__name__
+    return (f"config {cfg.source}: {len(dataset)} images, {len(dataset.classes)} classes in "
+            f"{dataset.root}; sample {shape}; batch_size {ld.batch_size}, "
+            f"num_workers {ld.num_workers}")
+
+
+def _make_loader(kind: str, cfg, dataset):
+    from fmq_loader.build import loader_from_config, torch_loader_from_config
+
+    return (loader_from_config if kind == "fmq" else torch_loader_from_config)(dataset, cfg)
+
+
+def _close(loader) -> None:
+    close = getattr(loader, "close", None)
+    if close is not None:
+        close()
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from fmq_loader.demo import train
+
+    extra = [f"train.steps={args.steps}"] if args.steps is not None else []
+    if args.data is not None:
+        extra.append(f"dataset.root={args.data}")
+    cfg = _load(args, extra)
+    dataset = _dataset(cfg, progress=not args.no_progress)
+    tc = cfg.train
+    if tc.threads is not None:
+        torch.set_num_threads(tc.threads)
+    print(_describe(cfg, dataset))
+    print(f"training SmallCNN for {tc.steps} steps on the CPU ({torch.get_num_threads()} "
+          f"torch threads); images/s and data wait exclude the first {tc.warmup_steps} steps")
+    kinds = ["fmq", "torch"] if args.loader == "both" else [args.loader]
+    results = {}
+    for kind in kinds:
+        name = "FMQLoader" if kind == "fmq" else "torch DataLoader"
+        print(f"-- {name}")
+        loader = _make_loader(kind, cfg, dataset)
+        try:
+            results[kind] = train(loader, len(dataset.classes), tc.steps, lr=tc.lr,
+                                  momentum=tc.momentum, warmup_steps=tc.warmup_steps,
+                                  log_every=tc.log_every, seed=cfg.synth.seed)
+        finally:
+            _close(loader)
+        r = results[kind]
+        print(f"{name}: {r.images_per_s:.1f} images/s, data wait {100 * r.data_wait_share:.1f}% "
+              f"of loop time, first batch {r.first_batch_s:.2f} s, loss {r.first_loss:.3f} -> "
+              f"{r.final_loss:.3f}")
+    if len(results) == 2:
+        print()
+        print(f"{'loader':<18}{'images/s':>10}{'data wait':>11}{'first batch':>13}"
+              f"{'final loss':>12}")
+        for kind, r in results.items():
+            name = "FMQLoader" if kind == "fmq" else "torch DataLoader"
+            print(f"{name:<18}{r.images_per_s:>10.1f}{100 * r.data_wait_share:>10.1f}%"
+                  f"{r.first_batch_s:>11.2f} s{r.final_loss:>12.3f}")
+        ratio = results["fmq"].images_per_s / results["torch"].images_per_s
+        print(f"FMQLoader / torch DataLoader: {ratio:.2f}x images/s")
+    if args.json:
+        print(json.dumps({k: r.as_dict() for k, r in results.items()}))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from fmq_loader.demo import time_loader
+    from fmq_loader.synth import _Progress
+
+    extra = [f"bench.batches={args.batches}"] if args.batches is not None else []
+    if args.data is not None:
+        extra.append(f"dataset.root={args.data}")
+    cfg = _load(args, extra)
+    dataset = _dataset(cfg, progress=not args.no_progress)
+    n = cfg.bench.batches
+    if not args.json:
+        print(_describe(cfg, dataset) + f"; {n} timed batches per loader")
+    results = {}
+    for kind in args.loaders:
+        loader = _make_loader(kind, cfg, dataset)
+        bar = _Progress(n, not args.no_progress, f"bench {kind}")
+        try:
+            results[kind] = time_loader(loader, n, progress=lambda _: bar.update())
+        finally:
+            bar.close()
+            _close(loader)
+    ratio = (results["fmq"].images_per_s / results["torch"].images_per_s
+             if {"fmq", "torch"} <= results.keys() and results["torch"].images_per_s else None)
+    if args.json:
+        ld = cfg.loader
+        print(json.dumps({"config": cfg.source, "images": len(dataset), "root": dataset.root,
+                          "batch_size": ld.batch_size, "num_workers": ld.num_workers,
+                          "loaders": {k: r.as_dict() for k, r in results.items()},
+                          "fmq_over_torch": ratio}, indent=2))
+        return 0
+    print(f"{'loader':<18}{'first batch':>13}{'images/s':>11}{'batches':>9}{'seconds':>9}")
+    for kind, r in results.items():
+        name = "FMQLoader" if kind == "fmq" else "torch DataLoader"
+        print(f"{name:<18}{r.first_batch_s:>11.3f} s{r.images_per_s:>11.1f}{r.batches:>9}"
+              f"{r.seconds:>9.2f}")
+    if ratio is not None:
+        print(f"FMQLoader / torch DataLoader: {ratio:.2f}x images/s")
+    return 0
+
+
+def _cmd_show_config(args: argparse.Namespace) -> int:
+    from fmq_loader.config import dump_config
+
+    cfg = _load(args)
+    print(f"# resolved from {cfg.source}" + (f" with --set {' '.join(args.overrides)}"
+                                             if args.overrides else ""))
+    print(dump_config(cfg, comments=not args.no_comments), end="")
+    return 0
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from fmq_loader.config import load_config
+    from fmq_loader.errors import ConfigError
+
+    for path in args.configs:
+        cfg = load_config(path, args.overrides)
+        root = cfg.dataset.root
+        note = "dataset.root not set"
+        if root is not None:
+            if os.path.isdir(root):
+                note = f"dataset.root {root} exists"
+            elif cfg.dataset.generate_if_missing:
+                note = f"dataset.root {root} will be generated"
+            else:
+                raise ConfigError(f"{cfg.locate('dataset.root')}: dataset.root {root!r} does "
+                                  f"not exist; create it with `fmq-loader make-dataset {root}`, "
+                                  "or set dataset.generate_if_missing: true")
+        ld = cfg.loader
+        print(f"{path}: ok (batch_size {ld.batch_size}, num_workers {ld.num_workers}, "
+              f"{len(cfg.dataset.transforms)} transforms; {note})")
+    return 0
+
+
+def _loaders(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names or any(n not in ("fmq", "torch") for n in names):
+        raise argparse.ArgumentTypeError(f"must be fmq, torch or fmq,torch, got {text!r}")
+    return names
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG, description="fmq_loader: a fast drop-in torch DataLoader.")
@@ -84,6 +268,53 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality", type=int, default=90, help="JPEG quality 1-95 (default 90)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=_cmd_make_dataset)
+
+    p = sub.add_parser(
+        "train", help="train a small CNN on the CPU; report images/s and data-wait share",
+        description="The demo: train SmallCNN for train.steps SGD steps on an ImageFolder "
+                    "(generated first when dataset.generate_if_missing is true), printing the "
+                    "loss, images/s, and the share of loop time spent waiting for data. "
+                    "e.g. fmq-loader train --config configs/cpu_small.yaml --loader both")
+    _add_config_args(p)
+    p.add_argument("--loader", choices=("fmq", "torch", "both"), default="fmq",
+                   help="FMQLoader, torch DataLoader, or both one after the other with a "
+                        "side-by-side table (default fmq)")
+    p.add_argument("--steps", type=_positive_int, metavar="N", help="sets train.steps")
+    p.add_argument("--data", metavar="DIR", help="sets dataset.root")
+    p.add_argument("--json", action="store_true", help="also print the results as one JSON line")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar while generating a folder")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "bench", help="FMQLoader vs torch DataLoader on a config: images/s, time to first batch",
+        description="Iterate the config's dataset with each loader: time to the first batch "
+                    "(worker start-up included), then images/s over bench.batches batches.")
+    _add_config_args(p)
+    p.add_argument("--loaders", type=_loaders, default=["fmq", "torch"], metavar="LIST",
+                   help="fmq, torch or fmq,torch (default fmq,torch)")
+    p.add_argument("--batches", type=_positive_int, metavar="N", help="sets bench.batches")
+    p.add_argument("--data", metavar="DIR", help="sets dataset.root")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser(
+        "show-config", help="print the resolved config, defaults included",
+        description="Print CONFIG merged with the defaults and --set overrides, as YAML that "
+                    "load_config reads back; each key with a one-line comment.")
+    _add_config_args(p, positional=True)
+    p.add_argument("--no-comments", action="store_true", help="omit the comments")
+    p.set_defaults(func=_cmd_show_config)
+
+    p = sub.add_parser(
+        "check-config", help="validate config files; exit 2 at the first bad key",
+        description="Validate each CONFIG (keys, types, ranges, transforms, and that "
+                    "dataset.root exists unless dataset.generate_if_missing).")
+    p.add_argument("configs", nargs="+", metavar="CONFIG", help="YAML files")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override one key (value parsed as YAML); repeatable")
+    p.set_defaults(func=_cmd_check_config)
     return parser
 
 
@@ -101,9 +332,11 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed usage or --help
         return int(exc.code or 0)
+    from fmq_loader.errors import ConfigError
+
     try:
         return int(args.func(args))
-    except UsageError as exc:
+    except (UsageError, ConfigError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
