@@ -234,10 +234,19 @@ def _short(indices) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+class _KeyErrorMessage(str):
+    """``str(KeyError(m))`` is ``repr(m)``: quoted, newlines escaped. This keeps it readable."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 def describe_failure(f: WorkerFailure) -> str:
     """The message the main process raises for a worker failure."""
-    return (f"Caught {f.exc_type.__name__} in worker {f.worker_id} (pid {f.pid}) {f.where}.\n"
-            f"Original {f.traceback_text}")
+    message = (f"Caught {f.exc_type.__name__} in worker {f.worker_id} (pid {f.pid}) {f.where}.\n"
+               f"Original {f.traceback_text}")
+    # KeyError (and its subclasses) would print the traceback text as one escaped line
+    return _KeyErrorMessage(message) if issubclass(f.exc_type, KeyError) else message
 
 
 del sys
