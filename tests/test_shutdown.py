@@ -1,0 +1,361 @@
+"""Lifecycle matrix: every way a training script can end leaves no worker and no shared memory.
+
+Each case runs a small script in a fresh interpreter (PyTorch's test_proper_exit
+does the same): it reports, as ``<tag> <json>`` lines on stdout, its workers'
+pids and what it saw; the test then checks that the script ended within a
+bound, that each worker is gone, that /dev/shm holds nothing new, and that
+stderr is empty or holds exactly the expected text (issue 3).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("torch")
+
+SCRIPT = textwrap.dedent('''
+    import gc, json, multiprocessing as mp, os, signal, sys, time
+    import torch
+    from fmq_loader import FMQLoader
+
+    CASE, METHOD = sys.argv[1], sys.argv[2]
+
+
+    class Dataset:
+        """64 KiB samples; optionally slow, optionally failing at one index."""
+
+        def __init__(self, n=64, delay_s=0.0, fail_at=None):
+            self.n, self.delay_s, self.fail_at = n, delay_s, fail_at
+
+        def __len__(self):
+            return self.n
+
+        def __getitem__(self, i):
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            if i == self.fail_at:
+                raise KeyError(f"bad sample {i}")
+            return torch.full((64, 256), float(i))
+
+
+    def report(tag, value):
+        print(tag, json.dumps(value), flush=True)
+
+
+    def workers():
+        return sorted(p.pid for p in mp.active_children())
+
+
+    def make(dataset, **kw):
+        return FMQLoader(dataset, batch_size=4, num_workers=2, multiprocessing_context=METHOD, **kw)
+
+
+    def error_report(exc, t0=None):
+        return {"types": [c.__name__ for c in type(exc).__mro__], "message": str(exc),
+                "elapsed_s": None if t0 is None else time.monotonic() - t0}
+
+
+    if __name__ == "__main__":
+        if CASE == "normal_end":
+            with make(Dataset(64)) as loader:
+                n = 0
+                for n, batch in enumerate(loader, 1):
+                    if n == 1:
+                        report("workers", workers())
+            report("batches", n)
+            report("after_close", workers())
+        elif CASE == "break_early":
+            loader = make(Dataset(64))
+            for n, batch in enumerate(loader):
+                if n == 0:
+                    report("workers", workers())
+                if n == 2:
+                    break
+            t0 = time.monotonic()
+            loader.close()
+            report("close_s", time.monotonic() - t0)
+            report("after_close", workers())
+        elif CASE == "break_early_slow_dataset":
+            loader = make(Dataset(400, delay_s=0.05))
+            for n, batch in enumerate(loader):
+                if n == 0:
+                    report("workers", workers())
+                    break
+            t0 = time.monotonic()
+            loader.close()
+            report("close_s", time.monotonic() - t0)
+            report("after_close", workers())
+        elif CASE == "break_without_close_then_exit":
+            loader = make(Dataset(64))
+            for n, batch in enumerate(loader):
+                if n == 0:
+                    report("workers", workers())
+                    break
+            report("end", time.monotonic())
+        elif CASE == "loop_raises":
+            loader = make(Dataset(64))
+            for batch in loader:
+                report("workers", workers())
+                report("end", time.monotonic())
+                raise ValueError("boom in the training loop")
+        elif CASE == "worker_raises":
+            loader = make(Dataset(64, fail_at=5))
+            try:
+                for n, batch in enumerate(loader):
+                    if n == 0:
+                        report("workers", workers())
+                report("error", None)
+            except Exception as exc:
+                report("error", error_report(exc))
+            loader.close()
+            report("after_close", workers())
+        elif CASE in ("worker_sigkill", "worker_sigsegv"):
+            sig = signal.SIGKILL if CASE == "worker_sigkill" else signal.SIGSEGV
+            loader = make(Dataset(400, delay_s=0.01))
+            it = iter(loader)
+            next(it)
+            report("workers", workers())
+            victim = workers()[0]
+            report("victim", victim)
+            os.kill(victim, sig)
+            t0 = time.monotonic()
+            try:
+                for batch in it:
+                    pass
+                report("error", None)
+            except Exception as exc:
+                report("error", error_report(exc, t0))
+            loader.close()
+            report("after_close", workers())
+        elif CASE == "sigint":
+            loader = make(Dataset(100_000, delay_s=0.01))
+            for n, batch in enumerate(loader):
+                if n == 0:
+                    report("workers", workers())
+                    report("ready", time.monotonic())
+        elif CASE == "del_without_close":
+            loader = make(Dataset(64))
+            it = iter(loader)
+            next(it)
+            report("workers", workers())
+            del it, loader
+            gc.collect()
+            report("after_del", workers())
+        elif CASE == "exit_holding_iterator":
+            loader = make(Dataset(64), persistent_workers=True)
+            it = iter(loader)
+            batch = next(it)
+            report("workers", workers())
+            report("end", time.monotonic())
+        else:
+            raise SystemExit(f"unknown case {CASE!r}")
+''')
+
+
+def _shm() -> set[str]:
+    return set(os.listdir("/dev/shm"))
+
+
+def _state(pid: int) -> str | None:
+    """The /proc state letter of ``pid``; None when it no longer exists."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def _describe(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        cmd = "?"
+    return f"pid {pid} state {_state(pid)} cmd {cmd[:120]!r}"
+
+
+def assert_gone(pids, within_s: float = 3.0) -> None:
+    """Each pid has exited (a zombie waiting for its new parent counts as exited)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        alive = [p for p in pids if _state(p) not in (None, "Z", "X")]
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not alive, "workers still running: " + "; ".join(map(_describe, alive))
+
+
+def assert_no_new_shm(before: set[str], within_s: float = 3.0) -> None:
+    deadline = time.monotonic() + within_s
+    while True:
+        new = _shm() - before
+        if not new or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not new, f"new entries in /dev/shm: {sorted(new)}"
+
+
+def _parse(stdout: str) -> dict:
+    reports = {}
+    for line in stdout.splitlines():
+        tag, _, value = line.partition(" ")
+        reports[tag] = json.loads(value)
+    return reports
+
+
+class Run:
+    def __init__(self, proc, stdout: str, stderr: str, elapsed_s: float, ended_at: float):
+        self.returncode = proc.returncode
+        self.stdout, self.stderr = stdout, stderr
+        self.reports = _parse(stdout)
+        self.elapsed_s, self.ended_at = elapsed_s, ended_at
+
+    def __repr__(self) -> str:
+        return (f"rc={self.returncode} after {self.elapsed_s:.1f} s\n--- stdout\n{self.stdout}"
+                f"--- stderr\n{self.stderr}")
+
+
+def run_case(tmp_path, case: str, method: str = "fork") -> Run:
+    script = tmp_path / "case.py"
+    script.write_text(SCRIPT)
+    before = _shm()
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, str(script), case, method], timeout=60,
+                          capture_output=True, text=True, cwd=tmp_path)
+    ended = time.monotonic()
+    run = Run(proc, proc.stdout, proc.stderr, ended - start, ended)
+    assert run.elapsed_s < 30, run
+    assert "workers" in run.reports, run
+    assert len(run.reports["workers"]) == 2, run
+    assert_gone(run.reports["workers"])
+    assert_no_new_shm(before)
+    return run
+
+
+def test_normal_end_closes_workers_and_prints_nothing(tmp_path):
+    run = run_case(tmp_path, "normal_end")
+    assert (run.returncode, run.stderr) == (0, ""), run
+    assert run.reports["batches"] == 16
+    assert run.reports["after_close"] == [], run
+
+
+def test_close_after_early_break_stops_workers_promptly(tmp_path):
+    run = run_case(tmp_path, "break_early")
+    assert (run.returncode, run.stderr) == (0, ""), run
+    assert run.reports["after_close"] == [], run
+    assert run.reports["close_s"] < 2.0, run
+
+
+def test_close_after_early_break_does_not_wait_for_queued_slow_batches(tmp_path):
+    """Batches already queued to workers (4 x 0.2 s here) are dropped, not finished."""
+    run = run_case(tmp_path, "break_early_slow_dataset")
+    assert (run.returncode, run.stderr) == (0, ""), run
+    assert run.reports["after_close"] == [], run
+    assert run.reports["close_s"] < 0.5, run
+
+
+def test_exit_after_break_without_close_is_prompt_and_silent(tmp_path):
+    run = run_case(tmp_path, "break_without_close_then_exit")
+    assert (run.returncode, run.stderr) == (0, ""), run
+    assert run.ended_at - run.reports["end"] < 3.0, run
+
+
+def test_exception_in_training_loop_exits_with_only_its_traceback(tmp_path):
+    run = run_case(tmp_path, "loop_raises")
+    assert run.returncode == 1, run
+    assert run.stderr.count("Traceback") == 1, run
+    assert run.stderr.rstrip().endswith("ValueError: boom in the training loop"), run
+    assert run.ended_at - run.reports["end"] < 3.0, run
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_worker_exception_reraised_with_type_message_worker_id_and_traceback(tmp_path, method):
+    run = run_case(tmp_path, "worker_raises", method)
+    assert (run.returncode, run.stderr) == (0, ""), run
+    error = run.reports["error"]
+    assert error is not None, "the loop ended without the worker's KeyError"
+    assert "KeyError" in error["types"], error
+    message = error["message"]
+    assert "Caught KeyError in worker " in message, message
+    assert "bad sample 5" in message, message
+    assert "Traceback (most recent call last):\n" in message, message
+    assert "in __getitem__\n" in message, message
+    assert run.reports["after_close"] == [], run
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGSEGV"])
+def test_worker_killed_by_signal_raises_runtime_error_naming_pid_and_signal(tmp_path, sig):
+    run = run_case(tmp_path, f"worker_{sig.lower()}")
+    assert (run.returncode, run.stderr) == (0, ""), run
+    error = run.reports["error"]
+    assert error is not None, f"the loop ended normally after a worker got {sig}"
+    assert "RuntimeError" in error["types"], error
+    assert f"pid {run.reports['victim']}" in error["message"], error
+    assert sig in error["message"], error
+    assert error["elapsed_s"] < 2.0, error
+    assert run.reports["after_close"] == [], run
+
+
+def test_sigint_to_main_process_raises_keyboard_interrupt_and_ends_workers(tmp_path):
+    script = tmp_path / "case.py"
+    script.write_text(SCRIPT)
+    before = _shm()
+    proc = subprocess.Popen([sys.executable, str(script), "sigint", "fork"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] + [lines.put("")],
+                              daemon=True)
+    reader.start()
+    seen = []
+    try:
+        deadline = time.monotonic() + 30
+        while not any(line.startswith("ready ") for line in seen):
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"the script never got its first batch: {seen}") from None
+            assert line, f"the script ended early: {seen} {proc.stderr.read()}"
+            seen.append(line)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        exit_s = time.monotonic() - sent
+        stderr = proc.stderr.read()
+        reader.join(5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    while not lines.empty():
+        seen.append(lines.get())
+    reports = _parse("".join(seen))
+    assert proc.returncode != 0
+    assert stderr.count("Traceback") == 1, stderr
+    assert stderr.rstrip().endswith("KeyboardInterrupt"), stderr
+    assert exit_s < 3.0, f"the script took {exit_s:.1f} s to exit after SIGINT"
+    assert_gone(reports["workers"])
+    assert_no_new_shm(before)
+
+
+def test_del_without_close_stops_workers_at_garbage_collection(tmp_path):
+    run = run_case(tmp_path, "del_without_close")
+    assert (run.returncode, run.stderr) == (0, ""), run
+    assert run.reports["after_del"] == [], run
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_interpreter_exit_holding_an_iterator_is_prompt_and_silent(tmp_path, method):
+    """Persistent workers, an iterator mid-epoch, no close(): the finalizer cleans up."""
+    run = run_case(tmp_path, "exit_holding_iterator", method)
+    assert (run.returncode, run.stderr) == (0, ""), run
+    assert run.ended_at - run.reports["end"] < 3.0, run
