@@ -336,12 +336,16 @@ def _read_yaml(path: str) -> tuple[Any, dict[tuple, int]]:
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        at = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
         what = exc.problem or ""
         if exc.context:
             ctx = exc.context_mark
-            started = f" (started at line {ctx.line + 1})" if ctx and ctx is not mark else ""
-            what = f"{exc.context}{started}: {what}"
+            if ctx is not None and "<stream end>" in what:  # unclosed [ { or ": point at it
+                mark, what = ctx, f"{what} (never closed)"
+            elif ctx is not None and ctx is not mark:
+                what = f"{what} ({exc.context} that started at line {ctx.line + 1})"
+            else:
+                what = f"{exc.context}: {what}"
+        at = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
         raise _error(at, f"invalid YAML syntax, {what}") from None
     except yaml.YAMLError as exc:
         raise _error(path, f"invalid YAML syntax, {exc}") from None
@@ -578,8 +582,8 @@ def _check_transforms(value, key: str, where: dict[str, str],
 def _scalar(value) -> str:
     if isinstance(value, tuple):
         value = list(value)
-    return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix(
-        "\n...").removesuffix("...").strip()
+    text = yaml.safe_dump(value, default_flow_style=True, width=1000, sort_keys=False)
+    return text.strip().removesuffix("...").strip()
 
 
 def dump_config(cfg: LoaderConfig, comments: bool = True) -> str:

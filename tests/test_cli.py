@@ -1,0 +1,143 @@
+"""`fmq-loader train|bench|show-config|check-config` on tiny generated data; mistakes exit 2."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fmq_loader.cli import main
+from fmq_loader.config import load_config
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@pytest.fixture
+def tiny_config(tmp_path) -> Path:
+    """A config over a 2x8 generated folder (made on first use), 16 px crops, 1 worker."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({
+        "loader": {"batch_size": 4, "num_workers": 1, "drop_last": True},
+        "dataset": {"root": str(tmp_path / "data"), "generate_if_missing": True,
+                    "transforms": [{"RandomResizedCrop": {"size": 16}}, "ToTensor"]},
+        "synth": {"classes": 2, "per_class": 8, "size": [32, 24]},
+        "train": {"steps": 6, "warmup_steps": 2, "log_every": 3, "threads": 1},
+        "bench": {"batches": 5},
+    }))
+    return path
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_train_both_prints_loss_throughput_and_a_side_by_side_table(tiny_config, capsys):
+    rc = main(["train", "--config", str(tiny_config), "--loader", "both", "--no-progress",
+               "--json"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert re.search(r"step +6/6 +loss \d+\.\d+ +\d+\.\d img/s +data wait +\d+\.\d%", out)
+    assert re.search(r"FMQLoader +\d+\.\d +\d+\.\d% +\d+\.\d\d s", out)
+    assert re.search(r"torch DataLoader +\d+\.\d +\d+\.\d%", out)
+    assert re.search(r"FMQLoader / torch DataLoader: \d+\.\d\dx images/s", out)
+    results = json.loads(out.strip().splitlines()[-1])
+    assert set(results) == {"fmq", "torch"}
+    assert results["fmq"]["images"] == 4 * 4 and 0 <= results["fmq"]["data_wait_share"] <= 1
+
+
+def test_train_steps_and_data_flags_override_the_config(tiny_config, tmp_path, capsys):
+    rc = main(["train", "-c", str(tiny_config), "--steps", "4", "--data", str(tmp_path / "other"),
+               "--set", "loader.num_workers=0", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "step     4/4" in out and str(tmp_path / "other") in out
+
+
+def test_bench_json_reports_both_loaders(tiny_config, capsys):
+    rc = main(["bench", "-c", str(tiny_config), "--json", "--no-progress", "--batches", "3"])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert set(report["loaders"]) == {"fmq", "torch"}
+    for r in report["loaders"].values():
+        assert r["batches"] == 3 and r["images"] == 12 and r["first_batch_s"] > 0
+    assert report["fmq_over_torch"] > 0
+
+
+def test_bench_table_and_progress_bar(tiny_config, capsys):
+    rc = main(["bench", "-c", str(tiny_config), "--loaders", "fmq"])
+    captured = capsys.readouterr()
+    assert rc == 0
+    assert re.search(r"FMQLoader +\d+\.\d{3} s +\d+\.\d +5 ", captured.out)
+    assert "torch DataLoader" not in captured.out and "bench fmq: 5/5" in captured.err
+
+
+def test_show_config_prints_a_loadable_config_with_overrides(tiny_config, capsys, tmp_path):
+    assert main(["show-config", str(tiny_config), "--set", "loader.batch_size=7"]) == 0
+    text = capsys.readouterr().out
+    assert "  batch_size: 7  # samples per batch" in text
+    assert "extra_slabs: 4" in text  # defaults included
+    out = tmp_path / "shown.yaml"
+    out.write_text(text)
+    assert load_config(out).loader.batch_size == 7
+
+
+def test_check_config_accepts_the_shipped_configs(capsys):
+    paths = [str(p) for p in sorted(CONFIGS.glob("*.yaml"))]
+    assert main(["check-config", *paths]) == 0
+    assert capsys.readouterr().out.count(": ok (") == len(paths)
+
+
+@pytest.mark.parametrize("argv,pattern", [
+    (["check-config", "{bad}"], r"bad\.yaml:2: unknown key 'loader\.num_wokers'; did you mean"),
+    (["check-config", "{missing}"], r"missing\.yaml: cannot read config file"),
+    (["show-config", "{syntax}"], r"syntax\.yaml:2:\d+: invalid YAML syntax"),
+    (["train", "-c", "{bad}"], r"unknown key 'loader\.num_wokers'"),
+    (["bench", "-c", "{range}"], r"range\.yaml:2: loader\.batch_size must be an int >= 1, got 0"),
+    (["train", "--set", "loader.num_workers=-1"], r"--set loader\.num_workers=-1: "
+                                                   r"loader\.num_workers must be an int >= 0"),
+    (["train"], r"<defaults>: dataset\.root is not set; .*--data DIR"),
+    (["bench", "-c", "{noroot}"], r"noroot\.yaml:2: dataset\.root '.*absent' does not exist"),
+    (["check-config", "{noroot}"], r"noroot\.yaml:2: dataset\.root '.*absent' does not exist"),
+    (["train", "--loader", "jax"], r"argument --loader: invalid choice: 'jax'"),
+    (["bench", "--loaders", "fmq,dali"], r"--loaders: must be fmq, torch or fmq,torch"),
+    (["train", "--set", "nokey"], r"--set nokey: expected KEY=VALUE"),
+])
+def test_user_mistakes_are_one_stderr_line_and_exit_2(tmp_path, capsys, argv, pattern):
+    files = {"bad": "loader:\n  num_wokers: 2\n", "syntax": "loader:\n  x: [1\n",
+             "range": "loader:\n  batch_size: 0\n",
+             "noroot": f"dataset:\n  root: {tmp_path / 'absent'}\n"}
+    for name, text in files.items():
+        (tmp_path / f"{name}.yaml").write_text(text)
+    argv = [a.format(**{n: str(tmp_path / f"{n}.yaml") for n in [*files, "missing"]})
+            for a in argv]
+    assert main(argv) == 2
+    assert re.search(pattern, one_error_line(capsys))
+
+
+@pytest.mark.parametrize("command", ["train", "bench", "show-config", "check-config",
+                                     "make-dataset"])
+def test_every_command_has_help(command, capsys):
+    assert main([command, "--help"]) == 0
+    assert f"usage: fmq-loader {command}" in capsys.readouterr().out
+
+
+def test_console_entry_point_runs_as_python_dash_m(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "fmq_loader", "check-config",
+                          str(CONFIGS / "cpu_small.yaml")], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and "cpu_small.yaml: ok" in out.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("queue:\n  extra_slab: 1\n")
+    out = subprocess.run([sys.executable, "-m", "fmq_loader", "check-config", str(bad)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "bad.yaml:2: unknown key 'queue.extra_slab'; did you mean 'queue.extra_slabs'?" \
+        in out.stderr
