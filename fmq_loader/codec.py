@@ -27,6 +27,10 @@ __all__ = ["encode", "decode", "OUT_OF_BAND_MIN_BYTES"]
 OUT_OF_BAND_MIN_BYTES = 4096  # smaller buffers stay in the pickle stream
 
 
+# Types that can hold no array or tensor: pickled by the C pickler alone (tiny items).
+_ATOMIC = frozenset({int, float, complex, bool, str, bytes, type(None)})
+
+
 class _Pickler(pickle.Pickler):
     def reducer_override(self, obj):
         cls = type(obj)
@@ -43,7 +47,7 @@ class _Pickler(pickle.Pickler):
 def _reduce_tensor(t):
     torch = sys.modules["torch"]
     if (t.device.type != "cpu" or t.layout != torch.strided or t.is_quantized
-            or t.is_nested or t.numel() * t.element_size() < OUT_OF_BAND_MIN_BYTES
+            or t.is_nested or t.numel() == 0
             or (t.requires_grad and not t.is_leaf)):
         return NotImplemented
     try:
@@ -74,6 +78,8 @@ def encode(obj) -> tuple[bytes, list[memoryview]]:
         TypeError: ``obj`` (or something inside it) cannot be pickled; the message
             names the type.
     """
+    if obj.__class__ in _ATOMIC:  # nothing to take out of band: skip the Python-level pickler
+        return pickle.dumps(obj, 5), []
     buffers: list[memoryview] = []
 
     def keep(buf: pickle.PickleBuffer):

@@ -29,8 +29,6 @@ from __future__ import annotations
 import itertools
 import logging
 import multiprocessing as mp
-import queue as _queue
-import time
 import warnings
 import weakref
 from typing import Any, Callable, Iterable
@@ -41,9 +39,8 @@ from torch.utils.data import (BatchSampler, IterableDataset, RandomSampler, Samp
                               SequentialSampler)
 
 from .collate import default_collate, default_convert
-from .errors import QueueTimeout, WorkerError
+from .epoch import PullEpoch, PushEpoch, pin
 from .pool import ProducerPool
-from .worker import EndOfData, WorkerFailure, describe_failure
 
 __all__ = ["FMQLoader"]
 
@@ -81,6 +78,9 @@ class FMQLoader:
             valid; if you keep more, later batches travel through a pipe (slower).
         seed: if set, the per-epoch worker seeds come from ``seed`` and the epoch
             number instead of from ``generator`` / torch's global RNG.
+        prefetch_next_epoch: with ``persistent_workers``, start the next epoch's
+            batches while this one ends (default True; off when the sampler,
+            batch sampler or dataset has ``set_epoch``).
     """
 
     def __init__(self, dataset, batch_size: int | None = 1, shuffle: bool | None = None,
@@ -91,7 +91,8 @@ class FMQLoader:
                  worker_init_fn: Callable | None = None, multiprocessing_context=None,
                  generator: torch.Generator | None = None, *, prefetch_factor: int | None = None,
                  persistent_workers: bool = False, pin_memory_device: str = "",
-                 in_order: bool = True, extra_slabs: int = 4, seed: int | None = None) -> None:
+                 in_order: bool = True, extra_slabs: int = 4, seed: int | None = None,
+                 prefetch_next_epoch: bool = True) -> None:
         if not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError("num_workers option should be non-negative; use num_workers=0 to "
                              f"disable multiprocessing, got {num_workers!r}")
@@ -163,6 +164,8 @@ class FMQLoader:
             warnings.warn("'pin_memory' argument is set as true but no accelerator is found, "
                           "then device pinned memory won't be used.", stacklevel=2)
             self.pin_memory = False
+        self.prefetch_next_epoch = prefetch_next_epoch
+        self._prefetched = None
         self._iterable = iterable
         self._epoch = 0
         self._iterations = 0
@@ -213,9 +216,7 @@ class FMQLoader:
             if obj is not None and callable(getattr(obj, "set_epoch", None)):
                 obj.set_epoch(epoch)
 
-    def __iter__(self):
-        if self._closed:
-            raise RuntimeError("this FMQLoader is closed; create a new one to iterate again")
+    def _draw_base_seed(self) -> int:
         if self.seed is not None:
             state = np.random.SeedSequence([self.seed, self._epoch, self._iterations])
             base_seed = int(state.generate_state(1, np.uint64)[0] >> np.uint64(1))
@@ -228,19 +229,50 @@ class FMQLoader:
             base_seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator).item())
             self._first_base_seed = base_seed
         self._iterations += 1
+        return base_seed
+
+    def __iter__(self):
+        if self._closed:
+            raise RuntimeError("this FMQLoader is closed; create a new one to iterate again")
         if self.num_workers == 0:
-            return _single_process_iter(self, base_seed)
+            return _single_process_iter(self, self._draw_base_seed())
         current = self._current() if self._current is not None else None
         if current is not None:
             current.abandon()
-        if self._pool is None:
-            self._start_pool()
-        it = _EpochIterator(self, self._pool, base_seed)
+        it, self._prefetched = self._prefetched, None
+        if it is None or it._pool is not self._pool:
+            if self._pool is None:
+                self._start_pool()
+            if self._iterable:
+                it = PushEpoch(self, self._pool, self._draw_base_seed())
+            else:
+                it = PullEpoch(self, self._pool, self._draw_base_seed(), self._pool.generation)
+        else:
+            it.adopt()
         self._current = weakref.ref(it)
         # An iterator dropped mid-epoch (early break, del) ends its epoch's workers.
         if not self.persistent_workers:
             weakref.finalize(it, _stop_if_current, weakref.ref(self), self._pool)
         return it
+
+    def _prefetch_next_epoch(self, epoch) -> "PullEpoch | None":
+        """Called when ``epoch``'s sampler runs dry: start the next epoch's tasks now.
+
+        Only with persistent workers, and only when nothing has ``set_epoch``
+        (the next epoch's order could still change). The next epoch's base seed
+        and shuffle are drawn here, from ``generator`` -- the same draws, in the
+        same order, as at the next ``iter()``; with ``generator=None`` they come
+        from torch's global RNG at this moment instead.
+        """
+        if not (self.persistent_workers and self.prefetch_next_epoch) or self._pool is None:
+            return None
+        if any(callable(getattr(obj, "set_epoch", None)) for obj in
+               (self.sampler, self.batch_sampler, getattr(self.batch_sampler, "sampler", None),
+                self.dataset)):
+            return None
+        self._prefetched = PullEpoch(self, self._pool, self._draw_base_seed(),
+                                     self._pool.generation, current=False)
+        return self._prefetched
 
     def _start_pool(self) -> None:
         self._pool = ProducerPool(
@@ -251,11 +283,15 @@ class FMQLoader:
             max_outstanding=self.prefetch_factor * self.num_workers, extra_slabs=self.extra_slabs)
         self._holder[0] = self._pool
 
-    def _end_epoch(self, it: "_EpochIterator") -> None:
+    def _end_epoch(self, it, clean: bool) -> None:
         if self._current is not None and self._current() is it:
             self._current = None
         if not self.persistent_workers:
             self._stop_pool()
+        elif not clean:
+            self._prefetched = None
+            if self._pool is not None and not self._iterable:
+                self._pool.abandon_published()
 
     def _stop_pool(self) -> None:
         pool, self._pool = self._pool, None
@@ -269,6 +305,7 @@ class FMQLoader:
             return
         self._closed = True
         self._current = None
+        self._prefetched = None
         try:
             self._stop_pool()
         finally:
@@ -300,19 +337,6 @@ def _close_pool_holder(holder: list) -> None:
         pool.close()
 
 
-def _pin(data, device: str):
-    if isinstance(data, torch.Tensor):
-        return data.pin_memory(device) if device else data.pin_memory()
-    if isinstance(data, dict):
-        return type(data)({k: _pin(v, device) for k, v in data.items()}) if type(data) is not dict \
-            else {k: _pin(v, device) for k, v in data.items()}
-    if isinstance(data, tuple) and hasattr(data, "_fields"):
-        return type(data)(*(_pin(v, device) for v in data))
-    if isinstance(data, (list, tuple)):
-        return type(data)(_pin(v, device) for v in data)
-    return data
-
-
 def _single_process_iter(loader: FMQLoader, base_seed: int):
     """num_workers=0: load in this process, same semantics as the worker path."""
     dataset, collate = loader.dataset, loader.collate_fn
@@ -324,163 +348,15 @@ def _single_process_iter(loader: FMQLoader, base_seed: int):
                 if not items or (loader.drop_last and len(items) < loader.batch_size):
                     return
                 batch = collate(items)
-                yield _pin(batch, loader.pin_memory_device) if loader.pin_memory else batch
+                yield pin(batch, loader.pin_memory_device) if loader.pin_memory else batch
         else:
             for item in it:
                 batch = collate(item)
-                yield _pin(batch, loader.pin_memory_device) if loader.pin_memory else batch
+                yield pin(batch, loader.pin_memory_device) if loader.pin_memory else batch
         return
     for indices in loader._index_sampler:
         if loader.auto_collation:
             batch = collate([dataset[i] for i in indices])
         else:
             batch = collate(dataset[indices])
-        yield _pin(batch, loader.pin_memory_device) if loader.pin_memory else batch
-
-
-class _EpochIterator:
-    """One epoch over a ProducerPool: dispatch tasks, reorder results, watch workers."""
-
-    def __init__(self, loader: FMQLoader, pool: ProducerPool, base_seed: int) -> None:
-        self._loader = loader
-        self._pool = pool
-        self._n = pool.num_workers
-        self._budget = loader.prefetch_factor * self._n
-        self._in_order = loader.in_order
-        self._timeout = loader.timeout
-        self._pin = loader.pin_memory
-        self._tasks = iter(loader._index_sampler)
-        self._exhausted = False
-        self._active = [True] * self._n  # iterable datasets: workers with data left
-        self._outstanding: dict[int, int] = {}  # task id -> worker id
-        self._ready: dict[int, Any] = {}
-        self._next_task = 0
-        self._next_yield = 0
-        self._worker_cycle = itertools.cycle(range(self._n))
-        self._done = False
-        pool.reseed(base_seed)
-        # Tasks of an earlier epoch still in flight: their ids are below ours.
-        self._first_id = getattr(pool, "next_task_id", 0)
-        self._next_task = self._next_yield = self._first_id
-        for _ in range(self._budget):
-            self._dispatch()
-
-    def _dispatch(self) -> None:
-        if self._exhausted or len(self._outstanding) + len(self._ready) >= self._budget:
-            return
-        if not any(self._active):
-            self._exhausted = True
-            return
-        try:
-            indices = next(self._tasks)
-        except StopIteration:
-            self._exhausted = True
-            return
-        for _ in range(self._n):
-            wid = next(self._worker_cycle)
-            if self._active[wid]:
-                break
-        task_id = self._next_task
-        self._next_task += 1
-        self._pool.next_task_id = self._next_task
-        self._outstanding[task_id] = wid
-        self._pool.submit(wid, task_id, indices)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self._done:
-            raise StopIteration
-        try:
-            batch = self._next_batch()
-        except StopIteration:
-            self._finish()
-            raise
-        except BaseException:
-            self._finish(error=True)
-            raise
-        return _pin(batch, self._loader.pin_memory_device) if self._pin else batch
-
-    def _next_batch(self):
-        while True:
-            if self._in_order:
-                while self._next_yield in self._ready:
-                    payload = self._ready.pop(self._next_yield)
-                    self._next_yield += 1
-                    result = self._accept(payload)
-                    if result is not _SKIP:
-                        return result
-            elif self._ready:
-                key = next(iter(self._ready))
-                result = self._accept(self._ready.pop(key))
-                if result is not _SKIP:
-                    return result
-                continue
-            if not self._outstanding and not self._ready:
-                self._dispatch()
-                if not self._outstanding:
-                    raise StopIteration
-            task_id, wid, payload = self._receive()
-            if task_id < self._first_id and task_id >= 0:
-                continue  # a batch of an epoch that was abandoned early
-            if task_id < 0:  # a failure outside any task (worker_init_fn)
-                self._raise(payload)
-            self._outstanding.pop(task_id, None)
-            self._ready[task_id] = payload
-            self._dispatch()
-
-    def _accept(self, payload):
-        if isinstance(payload, WorkerFailure):
-            self._raise(payload)
-        if isinstance(payload, EndOfData):
-            self._active[payload.worker_id] = False
-            self._dispatch()
-            return _SKIP
-        self._dispatch()
-        return payload
-
-    def _raise(self, failure: WorkerFailure):
-        message = describe_failure(failure)
-        try:
-            exc = failure.exc_type(message)
-        except Exception:
-            exc = WorkerError(message, worker_id=failure.worker_id, pid=failure.pid)
-        raise exc
-
-    def _receive(self):
-        deadline = time.monotonic() + self._timeout if self._timeout > 0 else None
-        while True:
-            wait = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())
-            try:
-                return self._pool.get(max(0.0, wait))
-            except _queue.Empty:
-                pass
-            self._pool.check_alive()
-            if deadline is not None and time.monotonic() >= deadline:
-                alive = sum(p.exitcode is None for p in self._pool.workers)
-                raise QueueTimeout(
-                    f"DataLoader timed out after {self._timeout} seconds: no batch arrived "
-                    f"(timeout); {alive}/{self._n} workers alive. A worker may be stuck in the "
-                    "dataset; see `py-spy dump --pid <worker pid>`, or raise timeout")
-
-    def abandon(self) -> None:
-        """A new epoch started before this one ended (early break)."""
-        if not self._done:
-            self._finish(error=not self._loader.persistent_workers)
-
-    def _finish(self, error: bool = False) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._ready.clear()
-        if error and self._loader.persistent_workers:
-            # a failure may leave a worker mid-task; restart the pool on the next epoch
-            self._loader._stop_pool()
-        self._loader._end_epoch(self)
-
-    def __len__(self) -> int:
-        return len(self._loader)
-
-
-_SKIP = object()
+        yield pin(batch, loader.pin_memory_device) if loader.pin_memory else batch

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from .errors import WorkerError
 from .queue import Queue
-from .worker import Reseed, Stop, Task, WorkerSpec, run_worker
+from .worker import BUDGET, CONSUMED, MIN_GENERATION, STOP, Reseed, Stop, Task, WorkerSpec, run_worker
 
 __all__ = ["ProducerPool"]
 
@@ -61,15 +61,27 @@ class ProducerPool:
                 if obj is not None:
                     _check_picklable(what, obj, method)
         self.num_workers = num_workers
+        self.budget = max_outstanding
         self.results = Queue(0, num_slabs=max_outstanding + extra_slabs, ctx=ctx)
         self._task_pipes = []
         self.workers = []
         self._closed = False
+        # Map-style tasks go on one shared board that idle workers read; the
+        # control words let the main process bound prefetching without a syscall.
+        self._board_r, self._board_w = ctx.Pipe(duplex=False)
+        self.control = ctx.RawArray("q", 4)
+        self.control[BUDGET] = max_outstanding
+        self.next_seq = 0  # sequence number of the next task published (main process only)
+        self.consumed = 0  # batches handed to the user, mirrored in control[CONSUMED]
+        self.generation = 0
+        self.ready: dict[int, Any] = {}  # results received, not yet handed out, by sequence number
         try:
+            board_lock = self._board_lock = ctx.Lock()
             for wid in range(num_workers):
                 reader, writer = ctx.Pipe(duplex=False)
                 spec = WorkerSpec(wid, num_workers, dataset, auto_collation, collate_fn, drop_last,
-                                  batch_size, worker_init_fn, reader, self.results, iterable)
+                                  batch_size, worker_init_fn, reader, self.results, iterable,
+                                  None if iterable else self._board_r, board_lock, self.control)
                 proc = ctx.Process(target=run_worker, args=(spec,), name=f"fmq-worker-{wid}",
                                    daemon=True)
                 proc.start()
@@ -84,6 +96,31 @@ class ProducerPool:
         """Start an epoch in every worker: seed ``base_seed + worker_id``."""
         for pipe in self._task_pipes:
             pipe.send_bytes(pickle.dumps(Reseed(base_seed), _PROTOCOL))
+
+    def publish(self, generation: int, base_seed: int, position: int, indices) -> int:
+        """Put one map-style task on the shared board; return its sequence number."""
+        seq = self.next_seq
+        self.next_seq += 1
+        self._board_w.send_bytes(pickle.dumps((seq, generation, base_seed, position, indices), _PROTOCOL))
+        return seq
+
+    def mark_consumed(self, n: int = 1) -> None:
+        """``n`` more batches were handed to the user: workers may start ``n`` more tasks."""
+        self.consumed += n
+        self.control[CONSUMED] = self.consumed
+
+    def abandon_published(self) -> int:
+        """Drop every published task not yet handed out; return the new generation.
+
+        Workers skip tasks of older generations without running them; results
+        already in flight are dropped as they arrive.
+        """
+        self.generation += 1
+        self.control[MIN_GENERATION] = self.generation
+        self.consumed = self.next_seq
+        self.control[CONSUMED] = self.consumed
+        self.ready.clear()
+        return self.generation
 
     def submit(self, worker_id: int, task_id: int, indices) -> None:
         """Send one task to one worker.
@@ -126,6 +163,7 @@ class ProducerPool:
         self._closed = True
         try:
             self.results.close()  # (2) stop the reader first
+            self.control[STOP] = 1
             for pipe in self._task_pipes:  # (3) ask workers to stop
                 try:
                     pipe.send_bytes(pickle.dumps(Stop(), _PROTOCOL))
@@ -145,6 +183,6 @@ class ProducerPool:
                     proc.kill()
                     proc.join(1.0)
                 proc.close() if proc.exitcode is not None else None
-            for pipe in self._task_pipes:
+            for pipe in [*self._task_pipes, self._board_r, self._board_w]:
                 pipe.close()
             self.results._arena.close()  # (6) drop our slab descriptors; live views keep theirs

@@ -23,7 +23,8 @@ from typing import Any, Callable
 import numpy as np
 
 __all__ = ["WorkerSpec", "Task", "Reseed", "Stop", "EndOfData", "WorkerFailure",
-           "WorkerInfo", "get_worker_info", "run_worker", "seed_everything"]
+           "WorkerInfo", "get_worker_info", "run_worker", "seed_everything", "task_seed",
+           "CONSUMED", "MIN_GENERATION", "STOP", "BUDGET"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,9 +39,12 @@ class WorkerSpec:
     drop_last: bool
     batch_size: int | None
     worker_init_fn: Callable | None
-    tasks: Any  # receiving Connection
+    tasks: Any  # this worker's own receiving Connection (Stop, Reseed, iterable tasks)
     results: Any  # fmq_loader.Queue
     iterable: bool
+    board: Any = None  # the shared receiving Connection of map-style tasks
+    board_lock: Any = None
+    control: Any = None  # shared int64 words: CONSUMED, MIN_GENERATION, STOP, BUDGET
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,8 +148,26 @@ def _failure(spec: WorkerSpec, exc: BaseException, where: str) -> WorkerFailure:
                          "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), where)
 
 
+# Words of the pool's control block (shared int64s, written by the main process).
+CONSUMED, MIN_GENERATION, STOP, BUDGET = range(4)
+_BOUND_POLL_S = 0.002  # how often a worker held back by the prefetch bound looks again
+
+
+def task_seed(base_seed: int, position: int) -> int:
+    """The RNG seed for the batch at ``position`` of an epoch: the same whichever worker runs it."""
+    return (base_seed + (position + 1) * 0x9E3779B97F4A7C15) % 2**63
+
+
 def run_worker(spec: WorkerSpec) -> None:
-    """Runs in the worker process. Serve tasks until Stop, end of the task pipe, or parent death."""
+    """Runs in the worker process. Serve tasks until Stop, end of the task pipe, or parent death.
+
+    Map-style datasets: tasks come from the pool's shared *board* pipe, which
+    every worker reads (under ``board_lock``), so an idle worker takes the next
+    batch at once. A task may start only while ``seq < consumed + budget``
+    (``consumed`` is how many batches the main process has handed out): that
+    bounds prefetching without the main process waking anyone per batch.
+    Iterable datasets: each worker gets its own tasks on its own pipe.
+    """
     import torch
 
     # Ctrl-C reaches the whole process group; the main process owns the reaction.
@@ -155,8 +177,9 @@ def run_worker(spec: WorkerSpec) -> None:
     results = spec.results
     results.cancel_join_thread()  # never hang at exit on a consumer that stopped reading
     parent = __import__("multiprocessing").parent_process()
-    watch = [spec.tasks] + ([parent.sentinel] if parent is not None else [])
-    from .collate import default_convert
+    sentinel = [parent.sentinel] if parent is not None else []
+    watch = [spec.tasks] + ([spec.board] if spec.board is not None else []) + sentinel
+    control = spec.control
 
     _publish_worker_info(spec, 0)
     if spec.worker_init_fn is not None:
@@ -166,46 +189,65 @@ def run_worker(spec: WorkerSpec) -> None:
             results.put((-1, spec.worker_id, _failure(spec, exc, "in worker_init_fn")))
             return
     iterator = None
+    generation_seen = None
     while True:
         ready = mp_connection.wait(watch)
-        if spec.tasks not in ready:
-            return  # the parent died
-        try:
-            msg = pickle.loads(spec.tasks.recv_bytes())
-        except (EOFError, OSError):
-            return
-        if isinstance(msg, Stop):
-            return
-        if isinstance(msg, Reseed):
-            seed = msg.base_seed + spec.worker_id
-            seed_everything(seed)
-            _publish_worker_info(spec, seed)
-            iterator = None
-            if spec.iterable:
+        if spec.tasks in ready:
+            try:
+                msg = pickle.loads(spec.tasks.recv_bytes())
+            except (EOFError, OSError):
+                return
+            if isinstance(msg, Stop):
+                return
+            if isinstance(msg, Reseed):
+                seed = msg.base_seed + spec.worker_id
+                seed_everything(seed)
+                _publish_worker_info(spec, seed)
+                iterator = None
                 try:
                     iterator = iter(spec.dataset)
                 except Exception as exc:
                     results.put((-1, spec.worker_id, _failure(spec, exc, "creating the dataset iterator")))
-            continue
-        task: Task = msg
+                continue
+            task_id, indices = msg.task_id, msg.indices
+        elif spec.board is not None and spec.board in ready:
+            with spec.board_lock:
+                if not spec.board.poll():
+                    continue  # another worker took it
+                task_id, generation, base_seed, position, indices = pickle.loads(spec.board.recv_bytes())
+            if generation < control[MIN_GENERATION]:
+                continue  # an abandoned epoch's task
+            while task_id >= control[CONSUMED] + control[BUDGET] and not control[STOP]:
+                if mp_connection.wait(sentinel + [spec.tasks], _BOUND_POLL_S):
+                    return  # parent died, or Stop arrived
+            if control[STOP]:
+                return
+            if generation < control[MIN_GENERATION]:
+                continue
+            if generation_seen != (generation, base_seed):
+                generation_seen = (generation, base_seed)
+                _publish_worker_info(spec, (base_seed + spec.worker_id) % 2**63)
+            seed_everything(task_seed(base_seed, position))
+        else:
+            return  # the parent died
         try:
             if spec.iterable:
                 payload = _next_from_iterable(spec, iterator)
             elif spec.auto_collation:
-                samples = [spec.dataset[i] for i in task.indices]
+                samples = [spec.dataset[i] for i in indices]
                 payload = spec.collate_fn(samples)
             else:
-                payload = spec.dataset[task.indices]
+                payload = spec.dataset[indices]
                 if spec.collate_fn is not None:
                     payload = spec.collate_fn(payload)
         except Exception as exc:
-            where = (f"fetching indices {_short(task.indices)}" if task.indices is not None
+            where = (f"fetching indices {_short(indices)}" if indices is not None
                      else "iterating the dataset")
             payload = _failure(spec, exc, where)
         try:
-            results.put((task.task_id, spec.worker_id, payload))
+            results.put((task_id, spec.worker_id, payload))
         except Exception as exc:  # e.g. the batch could not be pickled
-            results.put((task.task_id, spec.worker_id, _failure(spec, exc, "sending the batch")))
+            results.put((task_id, spec.worker_id, _failure(spec, exc, "sending the batch")))
         del payload
 
 

@@ -10,7 +10,8 @@ images/s over both epochs; main-process CPU per batch (median and mean of the
 process CPU time -- all threads -- spent inside ``next()``); ``next()`` latency
 when a batch is already waiting; time to the first batch (from ``iter()``,
 worker start included); epoch-2 start (time from the end of epoch 1 to the
-first batch of epoch 2); peak shared memory (fmq: the slab arena).
+first batch of epoch 2). Before the timed ``next()`` the loop computes for 0.5 s
+(a matmul loop: a stand-in for a training step) so the prefetch is full.
 
     python -m fmq_loader.bench loader [--quick] [--images N] [--runs R] [--json]
 """
@@ -65,6 +66,14 @@ class PlainJPEGDataset(torch.utils.data.Dataset):
         return torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous(), i % 10
 
 
+def _train_step_for(seconds: float) -> None:
+    """Keep this process busy, as a training step would (sleeping would idle the CPU)."""
+    a = torch.ones(256, 256)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        a = (a @ a).clamp_(max=1.0)
+
+
 def _cpu() -> float:
     return time.process_time()  # this process, all threads; children excluded
 
@@ -88,7 +97,7 @@ def _one_run(kind: str, dataset, batch_size: int, num_workers: int, epochs: int,
             n = 0
             while True:
                 if n == 3:  # let the prefetch fill, then time a next() whose batch is waiting
-                    time.sleep(0.5)
+                    _train_step_for(0.5)
                 c0, t0 = _cpu(), time.perf_counter()
                 try:
                     x, _ = next(it)

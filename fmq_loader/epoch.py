@@ -1,0 +1,259 @@
+"""One epoch over a ProducerPool: publish tasks, reorder results, watch workers, hand out batches.
+
+``PullEpoch`` (map-style datasets) puts index batches on the pool's shared
+board a little ahead of need; workers take them when idle and start one only
+while ``seq < consumed + budget``, so ``next()`` only pops a rebuilt batch and
+bumps a shared counter -- no pipe write, no wake-up of another process. With
+persistent workers, the next epoch's tasks are published as soon as this
+epoch's sampler runs dry, so its first batches are ready when ``iter()`` comes.
+
+``PushEpoch`` (iterable datasets) sends each worker its own "next batch"
+tasks, round-robin, as torch does, since each worker iterates its own copy.
+
+See NOTE [ fmq shutdown order ] in loader.py for who closes what.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue as _queue
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .errors import QueueTimeout, WorkerError
+from .worker import EndOfData, WorkerFailure, describe_failure
+
+if TYPE_CHECKING:
+    from .loader import FMQLoader
+    from .pool import ProducerPool
+
+__all__ = ["PullEpoch", "PushEpoch", "pin"]
+
+_POLL_S = 0.05  # how often a waiting next() checks that workers are alive
+_SKIP = object()
+
+
+def pin(data, device: str = ""):
+    """Copy every tensor in ``data`` to pinned memory (keeps containers' types)."""
+    if isinstance(data, torch.Tensor):
+        return data.pin_memory(device) if device else data.pin_memory()
+    if isinstance(data, dict):
+        pinned = {k: pin(v, device) for k, v in data.items()}
+        return pinned if type(data) is dict else type(data)(pinned)
+    if isinstance(data, tuple) and hasattr(data, "_fields"):
+        return type(data)(*(pin(v, device) for v in data))
+    if isinstance(data, (list, tuple)):
+        return type(data)(pin(v, device) for v in data)
+    return data
+
+
+class _Epoch:
+    """What both kinds of epoch share: receiving, failures, timeouts, the end."""
+
+    def __init__(self, loader: "FMQLoader", pool: "ProducerPool") -> None:
+        self._loader = loader
+        self._pool = pool
+        self._n = pool.num_workers
+        self._in_order = loader.in_order
+        self._timeout = loader.timeout
+        self._pin = loader.pin_memory
+        self._done = False
+
+    def __iter__(self):
+        return self
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __next__(self):
+        if self._done:
+            raise StopIteration
+        try:
+            batch = self._next_batch()
+        except StopIteration:
+            self._finish()
+            raise
+        except BaseException:
+            self._finish(error=True)
+            raise
+        return pin(batch, self._loader.pin_memory_device) if self._pin else batch
+
+    def _raise(self, failure: WorkerFailure):
+        message = describe_failure(failure)
+        try:
+            exc = failure.exc_type(message)
+        except Exception:
+            exc = WorkerError(message, worker_id=failure.worker_id, pid=failure.pid)
+        raise exc
+
+    def _receive(self):
+        """The next ``(seq, worker_id, payload)``; raises on a dead worker or the timeout."""
+        deadline = time.monotonic() + self._timeout if self._timeout > 0 else None
+        while True:
+            wait = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())
+            try:
+                return self._pool.get(max(0.0, wait))
+            except _queue.Empty:
+                pass
+            self._pool.check_alive()
+            if deadline is not None and time.monotonic() >= deadline:
+                alive = sum(p.exitcode is None for p in self._pool.workers)
+                raise QueueTimeout(
+                    f"DataLoader timed out after {self._timeout} seconds: no batch arrived "
+                    f"(timeout); {alive}/{self._n} workers alive. A worker may be stuck in the "
+                    "dataset; see `py-spy dump --pid <worker pid>`, or raise timeout")
+
+    def abandon(self) -> None:
+        """A new epoch started before this one ended (early break)."""
+        if not self._done:
+            self._finish(abandoned=True)
+
+    def _finish(self, error: bool = False, abandoned: bool = False) -> None:
+        if self._done:
+            return
+        self._done = True
+        if error and self._loader.persistent_workers:
+            # a failure may leave a worker mid-task; the next epoch starts a fresh pool
+            self._loader._stop_pool()
+        self._loader._end_epoch(self, clean=not (error or abandoned))
+
+
+class PullEpoch(_Epoch):
+    """A map-style epoch: tasks on the shared board, results reordered by sequence number."""
+
+    def __init__(self, loader: "FMQLoader", pool: "ProducerPool", base_seed: int,
+                 generation: int, current: bool = True) -> None:
+        super().__init__(loader, pool)
+        self._current = current  # only the current epoch may start the one after it
+        self._tasks = iter(loader._index_sampler)
+        self._base_seed = base_seed
+        self._generation = generation
+        self._first = pool.next_seq
+        self._published = 0
+        self._yielded = 0
+        self._exhausted = False
+        self.successor: PullEpoch | None = None
+        self.top_up()
+
+    def top_up(self) -> None:
+        """Publish tasks until ``budget + num_workers`` are ahead of the user."""
+        pool = self._pool
+        limit = pool.consumed + pool.budget + self._n
+        while pool.next_seq < limit:
+            if self._exhausted:
+                if self.successor is None:
+                    if not self._current:
+                        return
+                    self.successor = self._loader._prefetch_next_epoch(self)
+                    if self.successor is None:
+                        return
+                else:
+                    self.successor.top_up()
+                return
+            try:
+                indices = next(self._tasks)
+            except StopIteration:
+                self._exhausted = True
+                continue
+            pool.publish(self._generation, self._base_seed, self._published, indices)
+            self._published += 1
+
+    def adopt(self) -> None:
+        """This prefetched epoch becomes the current one (``iter()`` was called)."""
+        self._current = True
+        self.top_up()
+
+    def _next_batch(self):
+        ready = self._pool.ready
+        while True:
+            if self._in_order:
+                seq = self._first + self._yielded
+                if seq in ready:
+                    return self._hand_out(ready.pop(seq))
+            else:
+                end = self._first + self._published
+                for seq in ready:
+                    if self._first <= seq < end:
+                        return self._hand_out(ready.pop(seq))
+            if self._exhausted and self._yielded == self._published:
+                raise StopIteration
+            seq, _, payload = self._receive()
+            if seq < 0:  # a failure outside any task (worker_init_fn)
+                self._raise(payload)
+            if seq >= self._first:  # else: a task of an abandoned epoch
+                ready[seq] = payload
+
+    def _hand_out(self, payload):
+        self._yielded += 1
+        self._pool.mark_consumed()
+        self.top_up()
+        if isinstance(payload, WorkerFailure):
+            self._raise(payload)
+        return payload
+
+
+class PushEpoch(_Epoch):
+    """An iterable-dataset epoch: per-worker tasks, round-robin, until every worker ends."""
+
+    def __init__(self, loader: "FMQLoader", pool: "ProducerPool", base_seed: int) -> None:
+        super().__init__(loader, pool)
+        self._budget = pool.budget
+        self._active = [True] * self._n
+        self._outstanding: dict[int, int] = {}
+        self._ready: dict[int, Any] = {}
+        self._worker_cycle = itertools.cycle(range(self._n))
+        pool.reseed(base_seed)
+        self._first = self._next_task = self._next_yield = pool.next_seq
+        for _ in range(self._budget):
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        if len(self._outstanding) + len(self._ready) >= self._budget or not any(self._active):
+            return
+        for _ in range(self._n):
+            wid = next(self._worker_cycle)
+            if self._active[wid]:
+                break
+        task_id = self._next_task
+        self._next_task += 1
+        self._pool.next_seq = self._next_task
+        self._outstanding[task_id] = wid
+        self._pool.submit(wid, task_id, None)
+
+    def _next_batch(self):
+        while True:
+            if self._in_order:
+                while self._next_yield in self._ready:
+                    payload = self._ready.pop(self._next_yield)
+                    self._next_yield += 1
+                    result = self._accept(payload)
+                    if result is not _SKIP:
+                        return result
+            elif self._ready:
+                result = self._accept(self._ready.pop(next(iter(self._ready))))
+                if result is not _SKIP:
+                    return result
+                continue
+            if not self._outstanding and not self._ready:
+                self._dispatch()
+                if not self._outstanding:
+                    raise StopIteration
+            task_id, _, payload = self._receive()
+            if task_id < 0:
+                self._raise(payload)
+            if task_id < self._first:
+                continue  # a batch of an epoch that was abandoned early
+            self._outstanding.pop(task_id, None)
+            self._ready[task_id] = payload
+
+    def _accept(self, payload):
+        if isinstance(payload, WorkerFailure):
+            self._raise(payload)
+        if isinstance(payload, EndOfData):
+            self._active[payload.worker_id] = False
+            self._dispatch()
+            return _SKIP
+        self._dispatch()
+        return payload
