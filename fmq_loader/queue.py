@@ -32,7 +32,6 @@ queue (the creator and the children it was handed to) may write to it.
 
 from __future__ import annotations
 
-import collections
 import logging
 import multiprocessing as mp
 import os
@@ -78,8 +77,9 @@ class _Local:
     def __init__(self) -> None:
         self.closed = False
         self.lock = threading.Lock()
-        self.buffer: collections.deque = collections.deque()
-        self.not_empty = threading.Condition(threading.Lock())
+        # SimpleQueue: put/get in C, so waking the feeder costs one lock release
+        # instead of a Python-level Condition round trip (tiny items, DESIGN.md targets).
+        self.buffer: _queue.SimpleQueue = _queue.SimpleQueue()
         self.feeder: threading.Thread | None = None
         self.stealer: Stealer | None = None
         self.join_at_exit: mp_util.Finalize | None = None
@@ -97,19 +97,14 @@ class _Local:
         """Let the feeder thread end once it has sent what is buffered."""
         if self.feeder is not None and not self.feeder_stopping:
             self.feeder_stopping = True
-            with self.not_empty:
-                self.buffer.append(_STOP)
-                self.not_empty.notify()
+            self.buffer.put(_STOP)
 
 
 def _feed(local: _Local, writer, wlock) -> None:
     """Feeder thread: moves messages from this process's buffer into the pipe."""
-    buffer, not_empty = local.buffer, local.not_empty
+    get = local.buffer.get
     while True:
-        with not_empty:
-            while not buffer:
-                not_empty.wait()
-            msg = buffer.popleft()
+        msg = get()
         if msg is _STOP:
             return
         try:
@@ -165,7 +160,10 @@ class Queue:
         self._reader, self._writer = ctx.Pipe(duplex=False)
         self._wlock = ctx.Lock()
         self._slots = ctx.BoundedSemaphore(maxsize if maxsize > 0 else _SEM_VALUE_MAX)
-        self._consumer_pid = ctx.RawValue("q", 0)
+        # Its own lock, never the pipe's write lock: a feeder blocked writing into a
+        # full pipe holds that one until the consumer reads, so a consumer that had to
+        # take it before its first read would deadlock.
+        self._consumer_pid = ctx.Value("q", 0)
         self._arena = SlabArena(num_slabs, ctx)
         self._reset_local()
 
@@ -210,9 +208,7 @@ class Queue:
             raise
         if local.feeder is None:
             self._start_feeder(local)
-        with local.not_empty:
-            local.buffer.append(msg)
-            local.not_empty.notify()
+        local.buffer.put(msg)
 
     def put_nowait(self, obj) -> None:
         """``put(obj, block=False)``."""
@@ -292,7 +288,7 @@ class Queue:
             if local.stealer is not None:
                 return local.stealer
             me = os.getpid()
-            with self._wlock:
+            with self._consumer_pid.get_lock():
                 other = self._consumer_pid.value
                 if other not in (0, me) and _pid_alive(other):
                     raise RuntimeError(
@@ -355,7 +351,7 @@ class Queue:
             return
         local.shutdown()
         if local.stealer is not None:
-            with self._wlock:
+            with self._consumer_pid.get_lock():
                 if self._consumer_pid.value == os.getpid():
                     self._consumer_pid.value = 0
 

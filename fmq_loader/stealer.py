@@ -12,11 +12,10 @@ wake-up pipe that ``stop()`` writes to, so stopping never waits for a timeout.
 
 from __future__ import annotations
 
-import collections
 import os
+import queue
 import select
 import threading
-import time
 from typing import Callable
 
 from .errors import ProducersGone, QueueClosed
@@ -26,6 +25,15 @@ __all__ = ["Stealer"]
 
 class _Failed:
     """An item whose rebuild raised; ``get()`` re-raises the error in the caller."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _Done:
+    """Queued after the last item: the error every later ``take()`` raises."""
 
     __slots__ = ("error",)
 
@@ -49,9 +57,10 @@ class Stealer:
     def __init__(self, reader, rebuild: Callable[[bytes], object], name: str = "fmq-stealer") -> None:
         self._reader = reader
         self._rebuild = rebuild
-        self._items: collections.deque = collections.deque()
-        self._cond = threading.Condition(threading.Lock())
-        self._gone: BaseException | None = None
+        # SimpleQueue: put/get in C, so handing an item to a blocked get() costs one
+        # lock release instead of a Python-level Condition round trip.
+        self._items: queue.SimpleQueue = queue.SimpleQueue()
+        self._done: _Done | None = None
         self._stop_requested = False
         self._wake_r, self._wake_w = os.pipe()
         # daemon: a non-daemon thread would be joined before exit handlers could stop it
@@ -62,26 +71,27 @@ class Stealer:
         poller = select.poll()
         poller.register(self._reader.fileno(), select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
+        items, recv, rebuild = self._items, self._reader.recv_bytes, self._rebuild
         try:
             while not self._stop_requested:
                 events = poller.poll()
-                if self._stop_requested or any(fd == self._wake_r for fd, _ in events):
+                if self._stop_requested or len(events) > 1 or events[0][0] == self._wake_r:
                     return
-                msg = self._reader.recv_bytes()
+                msg = recv()
                 try:
-                    item = self._rebuild(msg)
+                    item = rebuild(msg)
                 except Exception as exc:  # delivered to the caller of get(), in order
                     item = _Failed(exc)
-                with self._cond:
-                    self._items.append(item)
-                    self._cond.notify()
+                items.put(item)
         except (EOFError, OSError) as exc:
             if not self._stop_requested:
-                with self._cond:
-                    self._gone = ProducersGone(
-                        f"the queue's pipe closed ({type(exc).__name__}): every process that "
-                        "could put() has exited; no more items will arrive")
-                    self._cond.notify_all()
+                self._end(ProducersGone(
+                    f"the queue's pipe closed ({type(exc).__name__}): every process that "
+                    "could put() has exited; no more items will arrive"))
+
+    def _end(self, error: BaseException) -> None:
+        self._done = _Done(error)
+        self._items.put(self._done)
 
     def take(self, block: bool = True, timeout: float | None = None):
         """Pop the oldest item; ``queue.Empty`` when none came in time.
@@ -91,34 +101,17 @@ class Stealer:
             QueueClosed: ``stop()`` was called.
             ProducersGone: the pipe reached end-of-file.
         """
-        import queue
-
-        items = self._items
-        try:
-            return items.popleft()  # fast path: deque.popleft is atomic
-        except IndexError:
-            pass
-        if not block:
-            self._raise_if_done()
-            raise queue.Empty
-        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
-        with self._cond:
-            while not items:
-                self._raise_if_done()
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise queue.Empty
-                self._cond.wait(remaining)
-            return items.popleft()
-
-    def _raise_if_done(self) -> None:
-        if self._stop_requested:
-            raise QueueClosed("get() on a closed Queue; create a new Queue to receive more items")
-        if self._gone is not None:
-            raise self._gone
+        if self._done is not None and self._done.error.__class__ is QueueClosed:
+            raise self._done.error
+        # SimpleQueue.get raises queue.Empty itself; negative timeouts mean "now".
+        item = self._items.get(block, None if timeout is None else max(0.0, timeout))
+        if item.__class__ is _Done:
+            self._items.put(item)  # every later take() sees it too
+            raise item.error
+        return item
 
     def __len__(self) -> int:
-        return len(self._items)
+        return self._items.qsize()
 
     @property
     def alive(self) -> bool:
@@ -138,9 +131,12 @@ class Stealer:
             pass
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
-        with self._cond:
-            self._items.clear()
-            self._cond.notify_all()
+        while True:  # drop buffered items: their slabs return to the arena
+            try:
+                self._items.get_nowait()
+            except queue.Empty:
+                break
+        self._end(QueueClosed("get() on a closed Queue; create a new Queue to receive more items"))
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
