@@ -1,0 +1,1 @@
+"""The benchmarks behind the README tables: ``python -m fmq_loader.bench queue|loader|images``."""

@@ -1,0 +1,24 @@
+"""``python -m fmq_loader.bench queue|loader|images [args]``: runs ``fmq_loader.bench.<name>.main(args)``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = ("queue", "loader", "images")
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in BENCHMARKS:
+        got = repr(argv[0]) if argv else "nothing"
+        print(f"usage: python -m fmq_loader.bench {{{'|'.join(BENCHMARKS)}}} [args]; "
+              f"benchmark name must be one of {', '.join(BENCHMARKS)}, got {got}", file=sys.stderr)
+        return 2
+    # Import lazily: each benchmark pulls in only what it needs.
+    module = importlib.import_module(f"fmq_loader.bench.{argv[0]}")
+    return module.main(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
