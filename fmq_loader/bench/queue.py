@@ -21,7 +21,9 @@ Per transport and item kind, one producer process (forkserver, ``maxsize`` 4) pu
 - CPU/item: this process's CPU time (every thread: stealer, unpickling, fd passing)
   during a run, divided by ``n``.
 
-Every figure is the median over ``--runs`` runs, after one warm-up run.
+Every figure is the median over ``--runs`` runs, after one warm-up run. The four
+producers of an item kind live side by side and the runs take turns (mp, seed, torch,
+fmq, mp, ...), so load from other programs on the machine hits every transport alike.
 Run: ``python -m fmq_loader.bench queue [--quick]`` (``--quick`` takes under a minute).
 """
 
@@ -84,7 +86,7 @@ def _producer(transport: str, q, kind: str, control) -> None:
     if transport == "seed fmq":
         q.put(_STOP)  # ends the consumer's stealer thread
     control.send("bye")  # torch's fd sharing needs this process until every item is taken
-    control.recv()
+    control.recv()  # "exit"
 
 
 class _SeedQueue:
@@ -118,67 +120,102 @@ def _buffered(transport: str, q) -> int | None:
     return None
 
 
-def _measure(ctx, transport: str, kind: str, n: int, runs: int) -> dict:
-    q = _make_queue(transport, ctx)
-    control, child_end = ctx.Pipe()
-    proc = ctx.Process(target=_producer, args=(transport, q, kind, child_end),
-                       name=f"bench-producer-{transport}", daemon=True)
-    proc.start()
-    child_end.close()
-    consumer = _SeedQueue(q, MAXSIZE) if transport == "seed fmq" else q
-    walls, cpus, lats = [], [], []
+class _Cell:
+    """One transport carrying one item kind: its queue, its producer process, its figures."""
+
+    def __init__(self, ctx, transport: str, kind: str) -> None:
+        self.transport = transport
+        self.q = _make_queue(transport, ctx)
+        self.control, child_end = ctx.Pipe()
+        self.proc = ctx.Process(target=_producer, args=(transport, self.q, kind, child_end),
+                                name=f"bench-producer-{transport}", daemon=True)
+        self.proc.start()
+        child_end.close()
+        self.consumer = _SeedQueue(self.q, MAXSIZE) if transport == "seed fmq" else self.q
+        self.walls: list[float] = []
+        self.cpus: list[float] = []
+        self.lats: list[float] = []
+
+    def timed_run(self, n: int) -> tuple[float, float]:
+        """Ask for ``n`` items, take them; return (wall seconds, consumer CPU seconds)."""
+        get = self.consumer.get
+        t0, c0 = time.perf_counter(), time.process_time()
+        self.control.send(("put", n))
+        for _ in range(n):
+            get()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        self.control.recv()
+        return wall, cpu
+
+    def waiting_get(self) -> float:
+        """Seconds one get() takes when its item is already waiting."""
+        self.control.send(("put", 1))
+        self.control.recv()
+        deadline = time.monotonic() + 10.0
+        while _buffered(self.transport, self.consumer) == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        if _buffered(self.transport, self.consumer) is None:
+            time.sleep(0.05)
+        t0 = time.perf_counter()
+        self.consumer.get()
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        try:
+            if self.proc.is_alive():
+                self.control.send(("stop", 0))
+                self.control.recv()  # "bye": the seed's stealer has its stop item
+                self.control.send(("exit", 0))
+        except (OSError, EOFError):
+            pass
+        self.proc.join(30)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        if self.transport == "fmq_loader.Queue":
+            self.q.close()
+
+
+def _measure_kind(ctx, kind: str, n: int, runs: int) -> dict:
+    """All transports on one item kind, runs interleaved so drifting machine load hits all alike."""
+    cells = []
     try:
-        for r in range(runs + 1):  # run 0 warms up (touches slabs, imports, page cache)
-            t0, c0 = time.perf_counter(), time.process_time()
-            control.send(("put", n))
-            for _ in range(n):
-                consumer.get()
-            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            control.recv()
-            if r:
-                walls.append(wall)
-                cpus.append(cpu / n)
-        for _ in range(runs):  # latency: one item already waiting
-            control.send(("put", 1))
-            control.recv()
-            deadline = time.monotonic() + 10.0
-            while _buffered(transport, consumer) == 0 and time.monotonic() < deadline:
-                time.sleep(0.001)
-            if _buffered(transport, consumer) is None:
-                time.sleep(0.05)
-            t0 = time.perf_counter()
-            consumer.get()
-            lats.append(time.perf_counter() - t0)
-        control.send(("stop", 0))
-        control.recv()
+        for t in TRANSPORTS:
+            cells.append(_Cell(ctx, t, kind))
+        for cell in cells:  # warm-up: touches slabs, imports, page cache
+            cell.timed_run(n)
+        for _ in range(runs):
+            for cell in cells:
+                wall, cpu = cell.timed_run(n)
+                cell.walls.append(wall)
+                cell.cpus.append(cpu / n)
+            for cell in cells:
+                cell.lats.append(cell.waiting_get())
     finally:
-        if proc.is_alive():
-            try:
-                control.send(("exit", 0))
-            except OSError:
-                pass
-        proc.join(30)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-        if transport == "fmq_loader.Queue":
-            q.close()
-    wall = statistics.median(walls)
+        for cell in cells:
+            cell.close()
     spec = KINDS[kind]
     nbytes = 0 if spec is None else int(np.prod(spec[0])) * np.dtype(spec[1]).itemsize
-    return {"gbps": nbytes * n / wall / 1e9 if nbytes else None, "items_s": n / wall,
-            "lat_s": statistics.median(lats), "cpu_s": statistics.median(cpus)}
+    out = {}
+    for cell in cells:
+        wall = statistics.median(cell.walls)
+        out[(kind, cell.transport)] = {
+            "gbps": nbytes * n / wall / 1e9 if nbytes else None, "items_s": n / wall,
+            "lat_s": statistics.median(cell.lats), "cpu_s": statistics.median(cell.cpus)}
+    return out
 
 
 def run(quick: bool = False, runs: int | None = None, kinds=tuple(KINDS)) -> dict:
     """Measure every transport on each item kind; return {(kind, transport): figures}."""
     runs = runs or (3 if quick else 5)
     counts = {"150 MB float64": 3 if quick else 6, "9.6 MB uint8": 15 if quick else 40,
-              "tiny int": 5000 if quick else 20000}
+              "tiny int": 10000 if quick else 20000}
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["numpy", "torch", "fmq_loader", __name__])
-    return {(kind, t): _measure(ctx, t, kind, counts[kind], runs)
-            for kind in kinds for t in TRANSPORTS}
+    results = {}
+    for kind in kinds:
+        results.update(_measure_kind(ctx, kind, counts[kind], runs))
+    return results
 
 
 def _fmt(v, unit: str) -> str:
