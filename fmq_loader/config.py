@@ -432,7 +432,8 @@ def load_config(path_or_mapping: str | os.PathLike | Mapping | LoaderConfig | No
             data = {}
     else:
         raise ConfigError(f"config must be a YAML path, a mapping or a LoaderConfig, got "
-                          f"{type(path_or_mapping).__name__}; e.g. load_config('configs/default.yaml')")
+                          f"{type(path_or_mapping).__name__}; "
+                          "e.g. load_config('configs/default.yaml')")
     if not isinstance(data, Mapping):
         raise _error(f"{source}:1" if lines else source,
                      f"a config must be a mapping of sections ({', '.join(SECTIONS)}), got "
@@ -524,10 +525,10 @@ def _check_combinations(cfg: LoaderConfig) -> None:
         for name in ("prefetch_factor", "persistent_workers", "multiprocessing_context"):
             if getattr(ld, name) not in (None, False):
                 key = f"loader.{name}"
+                off = "false" if name == "persistent_workers" else "null"
                 raise _error(cfg.locate(key), f"{key} needs loader.num_workers >= 1, got "
                              f"{name}={getattr(ld, name)!r} with num_workers=0; set "
-                             f"num_workers: 2, or {name}: {'null' if name != 'persistent_workers' else 'false'}",
-                             key=key)
+                             f"num_workers: 2, or {name}: {off}", key=key)
     if cfg.synth.quality > 95:
         raise _error(cfg.locate("synth.quality"), f"synth.quality must be an int in [1, 95], "
                      f"got {cfg.synth.quality}", key="synth.quality")

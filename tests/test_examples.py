@@ -17,14 +17,18 @@ CASES = {
     "minimal_loop.py": ([], r"1 \(16, 3, 64, 64\) \["),
     "custom_dataset.py": ([], r"2048 signals in 16 batches; last batch \(128, 4096\)"),
     "iterable_stream.py": ([], r"1000 records, each exactly once, from 2 workers"),
+    # ~11 s and ~3.6 GB of RAM on 2 cores (ten 150 MB arrays per queue): `make test-slow`
+    "seed_speed.py": ([], r"first get\(\): fmq_loader\.Queue .* vs mp\.Queue"),
 }
+SLOW = {"seed_speed.py"}
 
 
 def test_every_example_is_covered():
     assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(CASES)
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+                                  for n in sorted(CASES)])
 def test_example_runs_and_prints_its_result(name, tmp_path):
     args, pattern = CASES[name]
     # cwd=tmp_path: generated data/ folders land in the temporary directory
