@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test test-slow venv clean
+.PHONY: demo seed-demo test test-slow venv clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml Makefile
 venv: $(STAMP)
 
 demo: $(STAMP)
+	$(PY) -m fmq_loader train --config configs/cpu_small.yaml --loader both
+
+seed-demo: $(STAMP)
 	$(PY) examples/seed_speed.py
 
 test: $(STAMP)

@@ -5,6 +5,8 @@ your process rebuilds them as zero-copy tensors before your loop asks.
 """
 
 from . import transforms
+from .build import build_from_config  # also attaches FMQLoader.from_config
+from .config import LoaderConfig, load_config
 from .datasets import ImageFolder
 from .decode import DecodeError
 from .errors import (BatchTooLarge, ConfigError, FMQError, ProducersGone, QueueClosed,
@@ -19,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FMQLoader", "ProducerPool", "Queue", "ImageFolder", "make_dataset", "transforms",
+    "LoaderConfig", "load_config", "build_from_config",
     "get_worker_info", "WorkerInfo",
     "FMQError", "ConfigError", "BatchTooLarge", "QueueClosed", "QueueTimeout",
     "ProducersGone", "WorkerError", "DecodeError",

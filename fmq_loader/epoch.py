@@ -168,17 +168,23 @@ class PullEpoch(_Epoch):
     def _next_batch(self):
         ready = self._pool.ready
         while True:
+            if self._yielded == self._published:
+                if self._exhausted:
+                    raise StopIteration
+                self.top_up()  # the window was full when the sampler last ran
+                if self._yielded == self._published and not self._exhausted:
+                    raise RuntimeError("fmq_loader: no task could be published although none "
+                                       "is in flight; this is a bug, please report it")
+                continue
             if self._in_order:
                 seq = self._first + self._yielded
                 if seq in ready:
                     return self._hand_out(ready.pop(seq))
-            else:
+            else:  # any of ours that is ready; the successor's results wait in the same dict
                 end = self._first + self._published
                 for seq in ready:
                     if self._first <= seq < end:
                         return self._hand_out(ready.pop(seq))
-            if self._exhausted and self._yielded == self._published:
-                raise StopIteration
             seq, _, payload = self._receive()
             if seq < 0:  # a failure outside any task (worker_init_fn)
                 self._raise(payload)
