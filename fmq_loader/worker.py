@@ -150,7 +150,8 @@ def _failure(spec: WorkerSpec, exc: BaseException, where: str) -> WorkerFailure:
 
 # Words of the pool's control block (shared int64s, written by the main process).
 CONSUMED, MIN_GENERATION, STOP, BUDGET = range(4)
-_BOUND_POLL_S = 0.002  # how often a worker held back by the prefetch bound looks again
+# How often a worker held back by the prefetch bound looks again: from 1 ms, doubling to 16 ms.
+_BOUND_POLL_MIN_S, _BOUND_POLL_MAX_S = 0.001, 0.016
 
 
 def task_seed(base_seed: int, position: int) -> int:
@@ -217,9 +218,13 @@ def run_worker(spec: WorkerSpec) -> None:
                 task_id, generation, base_seed, position, indices = pickle.loads(spec.board.recv_bytes())
             if generation < control[MIN_GENERATION]:
                 continue  # an abandoned epoch's task
+            pause = _BOUND_POLL_MIN_S
             while task_id >= control[CONSUMED] + control[BUDGET] and not control[STOP]:
-                if mp_connection.wait(sentinel + [spec.tasks], _BOUND_POLL_S):
+                # Poll, backing off: the consumer is slower than the workers here, so a
+                # few ms late costs nothing, and no wake-up lands on the training loop.
+                if mp_connection.wait(sentinel + [spec.tasks], pause):
                     return  # parent died, or Stop arrived
+                pause = min(2 * pause, _BOUND_POLL_MAX_S)
             if control[STOP]:
                 return
             if generation < control[MIN_GENERATION]:
