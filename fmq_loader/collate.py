@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-__all__ = ["default_collate", "default_convert"]
+__all__ = ["default_collate", "default_convert", "concat_batches"]
 
 
 def _is_namedtuple(x) -> bool:
@@ -66,7 +66,7 @@ def default_collate(batch: Sequence[Any]) -> Any:
     if isinstance(elem, int):
         return torch.tensor(batch)
     if isinstance(elem, (str, bytes)):
-        return list(batch)
+        return batch  # as torch: the list (or, inside a sample, the tuple) as given
     if isinstance(elem, collections.abc.Mapping):
         merged = {key: default_collate([d[key] for d in batch]) for key in elem}
         try:
@@ -74,14 +74,14 @@ def default_collate(batch: Sequence[Any]) -> Any:
         except TypeError:  # a mapping type that cannot be built from a dict
             return merged
     if _is_namedtuple(elem):
-        return type(elem)(*(default_collate(list(field)) for field in zip(*batch)))
+        return type(elem)(*(default_collate(field) for field in zip(*batch)))
     if isinstance(elem, collections.abc.Sequence):
         size = len(elem)
         for i, sample in enumerate(batch):
             if len(sample) != size:
                 raise ValueError(f"each sequence in a batch must have the same length, got {size} "
                                  f"at batch position 0 and {len(sample)} at batch position {i}")
-        columns = [default_collate(list(c)) for c in zip(*batch)]
+        columns = [default_collate(c) for c in zip(*batch)]
         if isinstance(elem, tuple):
             return columns  # torch returns a list for tuples as well
         try:
@@ -116,3 +116,33 @@ def default_convert(data: Any) -> Any:
         except TypeError:
             return [default_convert(d) for d in data]
     return data
+
+
+def concat_batches(parts: Sequence[Any]) -> Any:
+    """Join batches that ``default_collate`` made from consecutive slices of one batch.
+
+    The result equals ``default_collate`` of the whole list of samples: tensors
+    are concatenated along dim 0, lists of strings are chained, and dicts,
+    namedtuples and lists of columns are joined field by field.
+    """
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(list(parts), 0)
+    if isinstance(first, collections.abc.Mapping):
+        merged = {key: concat_batches([p[key] for p in parts]) for key in first}
+        try:
+            return merged if type(first) is dict else type(first)(merged)
+        except TypeError:
+            return merged
+    if _is_namedtuple(first):
+        return type(first)(*(concat_batches(list(f)) for f in zip(*parts)))
+    if isinstance(first, tuple) or (isinstance(first, list)
+                                     and all(isinstance(x, (str, bytes)) for x in first)):
+        return type(first)(x for p in parts for x in p)  # a column of strings
+    if isinstance(first, list):
+        columns = [concat_batches(list(c)) for c in zip(*parts)]
+        try:
+            return columns if type(first) is list else type(first)(columns)
+        except TypeError:
+            return columns
+    raise TypeError(f"cannot join batch parts of type {type(first).__qualname__}")

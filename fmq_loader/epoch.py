@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .collate import concat_batches, default_collate
 from .errors import QueueTimeout, WorkerError
 from .worker import EndOfData, WorkerFailure, describe_failure
 
@@ -121,7 +122,13 @@ class _Epoch:
 
 
 class PullEpoch(_Epoch):
-    """A map-style epoch: tasks on the shared board, results reordered by sequence number."""
+    """A map-style epoch: tasks on the shared board, results reordered by sequence number.
+
+    The epoch's first batch is split into one task per worker when the default
+    collate is in use, so the first ``next()`` does not wait for one worker to
+    decode a whole batch alone; the parts are joined here (one copy, first
+    batch only) into exactly the batch an unsplit task would give.
+    """
 
     def __init__(self, loader: "FMQLoader", pool: "ProducerPool", base_seed: int,
                  generation: int, current: bool = True) -> None:
@@ -131,6 +138,9 @@ class PullEpoch(_Epoch):
         self._base_seed = base_seed
         self._generation = generation
         self._first = pool.next_seq
+        self._split_first = (self._n > 1 and loader.auto_collation
+                             and loader.collate_fn is default_collate)
+        self._spans: dict[int, int] = {}  # first seq -> number of parts, per batch not handed out
         self._published = 0
         self._yielded = 0
         self._exhausted = False
@@ -157,7 +167,18 @@ class PullEpoch(_Epoch):
             except StopIteration:
                 self._exhausted = True
                 continue
-            pool.publish(self._generation, self._base_seed, self._published, indices)
+            if self._published == 0 and self._split_first and len(indices) >= self._n:
+                indices = list(indices)
+                cuts = [len(indices) * k // self._n for k in range(self._n + 1)]
+                first = None
+                for part in range(self._n):  # negative positions: seeds apart from whole batches
+                    seq = pool.publish(self._generation, self._base_seed, -1 - part,
+                                       indices[cuts[part]:cuts[part + 1]])
+                    first = seq if first is None else first
+                self._spans[first] = self._n
+            else:
+                self._spans[pool.publish(self._generation, self._base_seed, self._published,
+                                         indices)] = 1
             self._published += 1
 
     def adopt(self) -> None:
@@ -165,8 +186,11 @@ class PullEpoch(_Epoch):
         self._current = True
         self.top_up()
 
-    def _next_batch(self):
+    def _complete(self, first: int) -> bool:
         ready = self._pool.ready
+        return all(seq in ready for seq in range(first, first + self._spans[first]))
+
+    def _next_batch(self):
         while True:
             if self._yielded == self._published:
                 if self._exhausted:
@@ -177,27 +201,29 @@ class PullEpoch(_Epoch):
                                        "is in flight; this is a bug, please report it")
                 continue
             if self._in_order:
-                seq = self._first + self._yielded
-                if seq in ready:
-                    return self._hand_out(ready.pop(seq))
-            else:  # any of ours that is ready; the successor's results wait in the same dict
-                end = self._first + self._published
-                for seq in ready:
-                    if self._first <= seq < end:
-                        return self._hand_out(ready.pop(seq))
+                first = next(iter(self._spans))
+                if self._complete(first):
+                    return self._hand_out(first)
+            else:  # any complete batch of ours; the successor's results wait in the same dict
+                for first in self._spans:
+                    if self._complete(first):
+                        return self._hand_out(first)
             seq, _, payload = self._receive()
             if seq < 0:  # a failure outside any task (worker_init_fn)
                 self._raise(payload)
             if seq >= self._first:  # else: a task of an abandoned epoch
-                ready[seq] = payload
+                self._pool.ready[seq] = payload
 
-    def _hand_out(self, payload):
+    def _hand_out(self, first: int):
+        nparts = self._spans.pop(first)
+        parts = [self._pool.ready.pop(seq) for seq in range(first, first + nparts)]
         self._yielded += 1
-        self._pool.mark_consumed()
+        self._pool.mark_consumed(nparts)
         self.top_up()
-        if isinstance(payload, WorkerFailure):
-            self._raise(payload)
-        return payload
+        for part in parts:
+            if isinstance(part, WorkerFailure):
+                self._raise(part)
+        return parts[0] if nparts == 1 else concat_batches(parts)
 
 
 class PushEpoch(_Epoch):

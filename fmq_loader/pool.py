@@ -105,7 +105,7 @@ class ProducerPool:
         return seq
 
     def mark_consumed(self, n: int = 1) -> None:
-        """``n`` more batches were handed to the user: workers may start ``n`` more tasks."""
+        """``n`` more tasks were handed to the user: workers may start ``n`` more."""
         self.consumed += n
         self.control[CONSUMED] = self.consumed
 

@@ -155,7 +155,10 @@ _BOUND_POLL_MIN_S, _BOUND_POLL_MAX_S = 0.001, 0.016
 
 
 def task_seed(base_seed: int, position: int) -> int:
-    """The RNG seed for the batch at ``position`` of an epoch: the same whichever worker runs it."""
+    """The RNG seed for the batch at ``position`` of an epoch: the same whichever worker runs it.
+
+    Parts of a split first batch have negative positions (-1, -2, ...).
+    """
     return (base_seed + (position + 1) * 0x9E3779B97F4A7C15) % 2**63
 
 
