@@ -14,6 +14,7 @@ first batch of epoch 2). Before the timed ``next()`` the loop computes for 0.5 s
 (a matmul loop: a stand-in for a training step) so the prefetch is full.
 
     python -m fmq_loader.bench loader [--quick] [--images N] [--runs R] [--json]
+        [--fmq-pipeline imagefolder]   # FMQLoader + ImageFolder against DataLoader + the plain Dataset
 """
 
 from __future__ import annotations
@@ -133,13 +134,22 @@ def _one_run(kind: str, dataset, batch_size: int, num_workers: int, epochs: int,
     }
 
 
+def _imagefolder(root: str):
+    """The same job through fmq_loader's own ImageFolder pipeline (reduced-scale decode, fused crop)."""
+    from fmq_loader import ImageFolder, transforms as T
+
+    return ImageFolder(root, transform=T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(),
+                                                  T.PILToTensor()]))
+
+
 def run(root: str, runs: int, batch_size: int = 64, num_workers: int = 2, epochs: int = 2,
-        ctx: str = "fork") -> dict:
-    dataset = PlainJPEGDataset(root)
+        ctx: str = "fork", fmq_pipeline: str = "plain") -> dict:
+    plain = PlainJPEGDataset(root)
+    datasets = {"torch": plain, "fmq": plain if fmq_pipeline == "plain" else _imagefolder(root)}
     results: dict[str, list[dict]] = {"torch": [], "fmq": []}
     for _ in range(runs):
         for kind in ("torch", "fmq"):
-            results[kind].append(_one_run(kind, dataset, batch_size, num_workers, epochs, ctx))
+            results[kind].append(_one_run(kind, datasets[kind], batch_size, num_workers, epochs, ctx))
     return {kind: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
             for kind, rs in results.items()} | {"images": len(dataset), "runs": runs}
 
@@ -169,6 +179,9 @@ def main(argv=None) -> int:
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--context", default="fork", choices=["fork", "spawn", "forkserver"])
     p.add_argument("--quick", action="store_true", help="640 images, 1 run (under a minute)")
+    p.add_argument("--fmq-pipeline", choices=["plain", "imagefolder"], default="plain",
+                   help="plain: both loaders read the same user Dataset (default); imagefolder: "
+                        "FMQLoader reads fmq_loader.ImageFolder + its transforms, torch the plain one")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
@@ -180,7 +193,8 @@ def main(argv=None) -> int:
         root = os.path.join(tempfile.gettempdir(), f"fmq_bench_jpegs_{args.images}")
         if not os.path.isdir(root):
             make_dataset(root, classes=10, per_class=args.images // 10, size=(500, 375), progress=True)
-    res = run(root, args.runs, args.batch_size, args.num_workers, ctx=args.context)
+    res = run(root, args.runs, args.batch_size, args.num_workers, ctx=args.context,
+              fmq_pipeline=args.fmq_pipeline)
     print(json.dumps(res, indent=2) if args.json else report(res))
     return 0
 
