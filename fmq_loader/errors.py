@@ -33,8 +33,12 @@ class QueueClosed(FMQError, ValueError):
     """The queue was closed by *this* process; no more put() or get()."""
 
 
-class QueueTimeout(FMQError, TimeoutError):
-    """No item arrived within the timeout."""
+class QueueTimeout(FMQError, TimeoutError, RuntimeError):
+    """No item arrived within the timeout.
+
+    Also a ``RuntimeError``, like the error torch's DataLoader raises on its
+    ``timeout``, so ``except RuntimeError`` keeps working.
+    """
 
 
 class ProducersGone(FMQError, RuntimeError):

@@ -356,7 +356,11 @@ def _single_process_iter(loader: FMQLoader, base_seed: int):
         return
     for indices in loader._index_sampler:
         if loader.auto_collation:
-            batch = collate([dataset[i] for i in indices])
+            samples = [dataset[i] for i in indices]
+            try:
+                batch = collate(samples)
+            except (ValueError, TypeError) as exc:  # name the samples, as workers do
+                raise type(exc)(f"{exc} (collating dataset indices {list(indices)[:16]})") from exc
         else:
             batch = collate(dataset[indices])
         yield pin(batch, loader.pin_memory_device) if loader.pin_memory else batch

@@ -102,7 +102,6 @@ def test_timeout_raises_after_about_timeout_seconds_when_dataset_is_slow():
     assert 0.5 <= elapsed < 5, f"timeout=1 raised after {elapsed:.2f} s"
 
 
-@pytest.mark.xfail(strict=True, reason="QueueTimeout subclasses TimeoutError, not RuntimeError")
 def test_timeout_error_is_a_runtime_error_like_torchs():
     """torch raises RuntimeError('DataLoader timed out ...'): `except RuntimeError` must still work."""
     with FMQLoader(SlowDataset(1, delay_s=1.0), batch_size=1, num_workers=1,
