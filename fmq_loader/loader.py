@@ -211,10 +211,14 @@ class FMQLoader:
     def set_epoch(self, epoch: int) -> None:
         """Forward ``epoch`` to the sampler (and batch sampler / dataset) that has ``set_epoch``."""
         self._epoch = epoch
-        for obj in (self.sampler, self.batch_sampler, getattr(self.batch_sampler, "sampler", None),
-                    self.dataset):
-            if obj is not None and callable(getattr(obj, "set_epoch", None)):
-                obj.set_epoch(epoch)
+        for obj in self._epoch_aware():
+            obj.set_epoch(epoch)
+
+    def _epoch_aware(self) -> list:
+        """The sampler, batch sampler, its sampler and dataset that have ``set_epoch``."""
+        candidates = (self.sampler, self.batch_sampler,
+                      getattr(self.batch_sampler, "sampler", None), self.dataset)
+        return [obj for obj in candidates if callable(getattr(obj, "set_epoch", None))]
 
     def _draw_base_seed(self) -> int:
         if self.seed is not None:
@@ -266,9 +270,7 @@ class FMQLoader:
         """
         if not (self.persistent_workers and self.prefetch_next_epoch) or self._pool is None:
             return None
-        if any(callable(getattr(obj, "set_epoch", None)) for obj in
-               (self.sampler, self.batch_sampler, getattr(self.batch_sampler, "sampler", None),
-                self.dataset)):
+        if self._epoch_aware():
             return None
         self._prefetched = PullEpoch(self, self._pool, self._draw_base_seed(),
                                      self._pool.generation, current=False)
