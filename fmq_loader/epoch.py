@@ -138,7 +138,9 @@ class PullEpoch(_Epoch):
         self._base_seed = base_seed
         self._generation = generation
         self._first = pool.next_seq
-        self._split_first = (self._n > 1 and loader.auto_collation
+        # A prefetched epoch's first batch is made ahead of need: splitting it would
+        # only add the join's copy to the main process.
+        self._split_first = (current and self._n > 1 and loader.auto_collation
                              and loader.collate_fn is default_collate)
         self._spans: dict[int, int] = {}  # first seq -> number of parts, per batch not handed out
         self._published = 0

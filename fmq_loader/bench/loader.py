@@ -20,6 +20,7 @@ first batch of epoch 2). Before the timed ``next()`` the loop computes for 0.5 s
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -134,24 +135,26 @@ def _one_run(kind: str, dataset, batch_size: int, num_workers: int, epochs: int,
     }
 
 
-def _imagefolder(root: str):
+def _imagefolder(root: str, decoder: str = "auto"):
     """The same job through fmq_loader's own ImageFolder pipeline (reduced-scale decode, fused crop)."""
     from fmq_loader import ImageFolder, transforms as T
 
-    return ImageFolder(root, transform=T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(),
-                                                  T.PILToTensor()]))
+    return ImageFolder(root, decoder=decoder, transform=T.Compose(
+        [T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.PILToTensor()]))
 
 
 def run(root: str, runs: int, batch_size: int = 64, num_workers: int = 2, epochs: int = 2,
-        ctx: str = "fork", fmq_pipeline: str = "plain") -> dict:
+        ctx: str = "fork", fmq_pipeline: str = "plain", decoder: str = "auto") -> dict:
     plain = PlainJPEGDataset(root)
-    datasets = {"torch": plain, "fmq": plain if fmq_pipeline == "plain" else _imagefolder(root)}
+    datasets = {"torch": plain, "fmq": plain if fmq_pipeline == "plain" else _imagefolder(root, decoder)}
     results: dict[str, list[dict]] = {"torch": [], "fmq": []}
     for _ in range(runs):
         for kind in ("torch", "fmq"):
             results[kind].append(_one_run(kind, datasets[kind], batch_size, num_workers, epochs, ctx))
+            gc.collect()  # let the finished loader's workers exit before the next one starts
+            time.sleep(1.0)
     return {kind: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
-            for kind, rs in results.items()} | {"images": len(dataset), "runs": runs}
+            for kind, rs in results.items()} | {"images": len(plain), "runs": runs}
 
 
 def report(res: dict) -> str:
@@ -182,6 +185,8 @@ def main(argv=None) -> int:
     p.add_argument("--fmq-pipeline", choices=["plain", "imagefolder"], default="plain",
                    help="plain: both loaders read the same user Dataset (default); imagefolder: "
                         "FMQLoader reads fmq_loader.ImageFolder + its transforms, torch the plain one")
+    p.add_argument("--decoder", default="auto", choices=["auto", "pillow", "simplejpeg"],
+                   help="ImageFolder's decoder with --fmq-pipeline imagefolder (default auto)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
@@ -194,7 +199,7 @@ def main(argv=None) -> int:
         if not os.path.isdir(root):
             make_dataset(root, classes=10, per_class=args.images // 10, size=(500, 375), progress=True)
     res = run(root, args.runs, args.batch_size, args.num_workers, ctx=args.context,
-              fmq_pipeline=args.fmq_pipeline)
+              fmq_pipeline=args.fmq_pipeline, decoder=args.decoder)
     print(json.dumps(res, indent=2) if args.json else report(res))
     return 0
 
