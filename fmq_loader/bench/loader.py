@@ -157,6 +157,26 @@ def run(root: str, runs: int, batch_size: int = 64, num_workers: int = 2, epochs
             for kind, rs in results.items()} | {"images": len(plain), "runs": runs}
 
 
+def soak(root: str, epochs: int, batch_size: int = 64, num_workers: int = 2) -> list[tuple]:
+    """Main-process RSS, open fds and slab bytes after each of ``epochs`` persistent epochs."""
+    from fmq_loader import FMQLoader
+
+    def rss_mib() -> float:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+    rows = []
+    with FMQLoader(PlainJPEGDataset(root), batch_size=batch_size, shuffle=True,
+                   num_workers=num_workers, persistent_workers=True) as loader:
+        for epoch in range(epochs):
+            for batch in loader:
+                del batch
+            gc.collect()
+            rows.append((epoch, rss_mib(), len(os.listdir("/proc/self/fd")),
+                         loader._pool.results._arena.nbytes() / 2**20))
+    return rows
+
+
 def report(res: dict) -> str:
     rows = [("images/s", "images_per_s", "{:.0f}", True),
             ("main CPU per batch, median (ms)", "cpu_ms_per_batch_median", "{:.3f}", False),
@@ -187,6 +207,8 @@ def main(argv=None) -> int:
                         "FMQLoader reads fmq_loader.ImageFolder + its transforms, torch the plain one")
     p.add_argument("--decoder", default="auto", choices=["auto", "pillow", "simplejpeg"],
                    help="ImageFolder's decoder with --fmq-pipeline imagefolder (default auto)")
+    p.add_argument("--soak", type=int, metavar="EPOCHS",
+                   help="instead: FMQLoader alone for EPOCHS persistent epochs; print RSS, fds, slab MiB")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
@@ -198,6 +220,10 @@ def main(argv=None) -> int:
         root = os.path.join(tempfile.gettempdir(), f"fmq_bench_jpegs_{args.images}")
         if not os.path.isdir(root):
             make_dataset(root, classes=10, per_class=args.images // 10, size=(500, 375), progress=True)
+    if args.soak:
+        for row in soak(root, args.soak, args.batch_size, args.num_workers):
+            print("epoch %3d  main RSS %6.1f MiB  open fds %3d  slabs %5.1f MiB" % row)
+        return 0
     res = run(root, args.runs, args.batch_size, args.num_workers, ctx=args.context,
               fmq_pipeline=args.fmq_pipeline, decoder=args.decoder)
     print(json.dumps(res, indent=2) if args.json else report(res))
