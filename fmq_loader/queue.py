@@ -269,7 +269,9 @@ class Queue:
             QueueClosed: this process closed the queue.
             RuntimeError: another live process is already this queue's consumer.
         """
-        stealer = self._local.stealer or self._become_consumer()
+        stealer = self._local.stealer
+        if stealer is None:  # (a Stealer with nothing buffered is falsy: it has __len__)
+            stealer = self._become_consumer()
         item = stealer.take(block, timeout)
         self._slots.release()
         if type(item) is _Failed:
