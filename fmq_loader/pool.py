@@ -185,4 +185,4 @@ class ProducerPool:
                 proc.close() if proc.exitcode is not None else None
             for pipe in [*self._task_pipes, self._board_r, self._board_w]:
                 pipe.close()
-            self.results._arena.close()  # (6) drop our slab descriptors; live views keep theirs
+            self.results.release_shared_memory()  # (6) live views keep their memory

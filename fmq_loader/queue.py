@@ -357,6 +357,17 @@ class Queue:
                 if self._consumer_pid.value == os.getpid():
                     self._consumer_pid.value = 0
 
+    def release_shared_memory(self) -> None:
+        """Close this process's slab descriptors (after ``close()``); items still held stay valid.
+
+        The kernel frees a slab once no process has a descriptor or mapping of it.
+        """
+        self._arena.close()
+
+    def shared_memory_bytes(self) -> int:
+        """Bytes the slabs span now: at most ``num_slabs`` x the largest item so far."""
+        return self._arena.nbytes()
+
     def join_thread(self) -> None:
         """Wait until every item this process put has been written to the pipe.
 

@@ -15,7 +15,6 @@ import os
 import pickle
 import random
 import signal
-import sys
 import traceback
 from multiprocessing import connection as mp_connection
 from typing import Any, Callable
@@ -298,5 +297,3 @@ def describe_failure(f: WorkerFailure) -> str:
     # KeyError (and its subclasses) would print the traceback text as one escaped line
     return _KeyErrorMessage(message) if issubclass(f.exc_type, KeyError) else message
 
-
-del sys

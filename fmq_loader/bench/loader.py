@@ -173,7 +173,7 @@ def soak(root: str, epochs: int, batch_size: int = 64, num_workers: int = 2) -> 
                 del batch
             gc.collect()
             rows.append((epoch, rss_mib(), len(os.listdir("/proc/self/fd")),
-                         loader._pool.results._arena.nbytes() / 2**20))
+                         loader._pool.results.shared_memory_bytes() / 2**20))
     return rows
 
 
