@@ -161,6 +161,7 @@ class ProducerPool:
         if self._closed:
             return
         self._closed = True
+        joined = False
         try:
             self.results.close()  # (2) stop the reader first
             self.control[STOP] = 1
@@ -172,17 +173,21 @@ class ProducerPool:
             deadline = time.monotonic() + timeout
             for proc in self.workers:  # (4) join with a bound
                 proc.join(max(0.0, deadline - time.monotonic()))
+            joined = True
         finally:
             for proc in self.workers:
                 if proc.is_alive():
-                    logger.warning("fmq worker %s (pid %s) did not stop in %.1f s; terminating",
-                                   proc.name, proc.pid, timeout)
+                    # Quietly when close() itself was interrupted (a second Ctrl-C, say).
+                    if joined:
+                        logger.warning("fmq worker %s (pid %s) did not stop in %.1f s; terminating",
+                                       proc.name, proc.pid, timeout)
                     proc.terminate()
                     proc.join(1.0)
                 if proc.is_alive():
                     proc.kill()
                     proc.join(1.0)
-                proc.close() if proc.exitcode is not None else None
+                if proc.exitcode is not None:
+                    proc.close()
             for pipe in [*self._task_pipes, self._board_r, self._board_w]:
                 pipe.close()
             self.results.release_shared_memory()  # (6) live views keep their memory
