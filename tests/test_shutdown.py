@@ -328,12 +328,22 @@ def test_worker_killed_by_signal_raises_runtime_error_naming_pid_and_signal(tmp_
     assert run.reports["after_close"] == [], run
 
 
-def test_sigint_to_main_process_raises_keyboard_interrupt_and_ends_workers(tmp_path):
+def _default_sigint() -> None:
+    # A shell running CI in the background may start us with SIGINT ignored, which
+    # the script would inherit; Python installs KeyboardInterrupt only over SIG_DFL.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("target, method", [("main process", "fork"), ("process group", "fork"),
+                                            ("process group", "spawn")])
+def test_sigint_raises_keyboard_interrupt_and_ends_workers(tmp_path, target, method):
+    """Ctrl-C in a terminal signals the whole process group: workers ignore it, the main process stops them."""
     script = tmp_path / "case.py"
     script.write_text(SCRIPT)
     before = _shm()
-    proc = subprocess.Popen([sys.executable, str(script), "sigint", "fork"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, str(script), "sigint", method], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint, start_new_session=True)
     lines: queue.Queue = queue.Queue()
     reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] + [lines.put("")],
                               daemon=True)
@@ -349,7 +359,10 @@ def test_sigint_to_main_process_raises_keyboard_interrupt_and_ends_workers(tmp_p
             assert line, f"the script ended early: {seen} {proc.stderr.read()}"
             seen.append(line)
         sent = time.monotonic()
-        proc.send_signal(signal.SIGINT)
+        if target == "process group":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
         exit_s = time.monotonic() - sent
         stderr = proc.stderr.read()
