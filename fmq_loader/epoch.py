@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import queue as _queue
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -53,9 +54,12 @@ def pin(data, device: str = ""):
 class _Epoch:
     """What both kinds of epoch share: receiving, failures, timeouts, the end."""
 
-    def __init__(self, loader: "FMQLoader", pool: "ProducerPool") -> None:
-        self._loader = loader
+    def __init__(self, loader: "FMQLoader", pool: "ProducerPool", current: bool = True) -> None:
+        # A prefetched epoch is held by its loader, so it refers back weakly (no cycle
+        # that would keep workers alive until the cyclic GC); adopt() makes it strong.
+        self._loader = loader if current else weakref.proxy(loader)
         self._pool = pool
+        self._task_failed = False  # the last error was one batch's: the epoch goes on
         self._n = pool.num_workers
         self._in_order = loader.in_order
         self._timeout = loader.timeout
@@ -77,11 +81,16 @@ class _Epoch:
             self._finish()
             raise
         except BaseException:
-            self._finish(error=True)
+            if self._task_failed:  # as torch: a batch's exception does not end the epoch
+                self._task_failed = False
+            else:
+                self._finish(error=True)
             raise
         return pin(batch, self._loader.pin_memory_device) if self._pin else batch
 
-    def _raise(self, failure: WorkerFailure):
+    def _raise(self, failure: WorkerFailure, task: bool = True):
+        """Re-raise a worker's exception here; ``task``: it was one batch's, not the worker's."""
+        self._task_failed = task
         message = describe_failure(failure)
         try:
             exc = failure.exc_type(message)
@@ -106,19 +115,15 @@ class _Epoch:
                     f"(timeout); {alive}/{self._n} workers alive. A worker may be stuck in the "
                     "dataset; see `py-spy dump --pid <worker pid>`, or raise timeout")
 
-    def abandon(self) -> None:
-        """A new epoch started before this one ended (early break)."""
-        if not self._done:
-            self._finish(abandoned=True)
+    def detach(self) -> None:
+        """A new epoch of the same persistent workers started: this one yields no more."""
+        self._done = True
 
-    def _finish(self, error: bool = False, abandoned: bool = False) -> None:
+    def _finish(self, error: bool = False) -> None:
         if self._done:
             return
         self._done = True
-        if error and self._loader.persistent_workers:
-            # a failure may leave a worker mid-task; the next epoch starts a fresh pool
-            self._loader._stop_pool()
-        self._loader._end_epoch(self, clean=not (error or abandoned))
+        self._loader._end_epoch(self, clean=not error)
 
 
 class PullEpoch(_Epoch):
@@ -131,12 +136,11 @@ class PullEpoch(_Epoch):
     """
 
     def __init__(self, loader: "FMQLoader", pool: "ProducerPool", base_seed: int,
-                 generation: int, current: bool = True) -> None:
-        super().__init__(loader, pool)
+                 current: bool = True) -> None:
+        super().__init__(loader, pool, current)
         self._current = current  # only the current epoch may start the one after it
         self._tasks = iter(loader._index_sampler)
         self._base_seed = base_seed
-        self._generation = generation
         self._first = pool.next_seq
         # A prefetched epoch's first batch is made ahead of need: splitting it would
         # only add the join's copy to the main process.
@@ -174,19 +178,24 @@ class PullEpoch(_Epoch):
                 cuts = [len(indices) * k // self._n for k in range(self._n + 1)]
                 first = None
                 for part in range(self._n):  # negative positions: seeds apart from whole batches
-                    seq = pool.publish(self._generation, self._base_seed, -1 - part,
+                    seq = pool.publish(self._base_seed, -1 - part,
                                        indices[cuts[part]:cuts[part + 1]])
                     first = seq if first is None else first
                 self._spans[first] = self._n
             else:
-                self._spans[pool.publish(self._generation, self._base_seed, self._published,
+                self._spans[pool.publish(self._base_seed, self._published,
                                          indices)] = 1
             self._published += 1
 
-    def adopt(self) -> None:
+    def adopt(self, loader: "FMQLoader") -> None:
         """This prefetched epoch becomes the current one (``iter()`` was called)."""
+        self._loader = loader
         self._current = True
         self.top_up()
+
+    def detach(self) -> None:
+        super().detach()
+        self.successor = None
 
     def _complete(self, first: int) -> bool:
         ready = self._pool.ready
@@ -211,8 +220,8 @@ class PullEpoch(_Epoch):
                     if self._complete(first):
                         return self._hand_out(first)
             seq, _, payload = self._receive()
-            if seq < 0:  # a failure outside any task (worker_init_fn)
-                self._raise(payload)
+            if seq < 0:  # a failure outside any task (worker_init_fn): the worker is gone
+                self._raise(payload, task=False)
             if seq >= self._first:  # else: a task of an abandoned epoch
                 self._pool.ready[seq] = payload
 
@@ -276,7 +285,7 @@ class PushEpoch(_Epoch):
                     raise StopIteration
             task_id, _, payload = self._receive()
             if task_id < 0:
-                self._raise(payload)
+                self._raise(payload, task=False)
             if task_id < self._first:
                 continue  # a batch of an epoch that was abandoned early
             self._outstanding.pop(task_id, None)

@@ -174,8 +174,12 @@ class FMQLoader:
         self._current: weakref.ref | None = None
         self._closed = False
         # The safety net reaches the pool through this holder, never through self.
-        self._holder: list = [None]
-        self._finalizer = weakref.finalize(self, _close_pool_holder, self._holder)
+        # Every live pool: the persistent one, or one per non-persistent iterator.
+        # The safety net reaches them through this set, never through self.
+        self._pools: set = set()
+        self._epoch_open = False  # a persistent epoch was started and not finished
+        self._epoch_set = False  # set_epoch() was called: seeds follow it, no prefetch
+        self._finalizer = weakref.finalize(self, _close_pools, self._pools)
 
     def _resolve_context(self, ctx):
         if ctx is None:
@@ -211,6 +215,7 @@ class FMQLoader:
     def set_epoch(self, epoch: int) -> None:
         """Forward ``epoch`` to the sampler (and batch sampler / dataset) that has ``set_epoch``."""
         self._epoch = epoch
+        self._epoch_set = True
         for obj in self._epoch_aware():
             obj.set_epoch(epoch)
 
@@ -222,7 +227,10 @@ class FMQLoader:
 
     def _draw_base_seed(self) -> int:
         if self.seed is not None:
-            state = np.random.SeedSequence([self.seed, self._epoch, self._iterations])
+            # With set_epoch the epoch number alone picks the seeds (a resumed run
+            # repeats them); without it, the count of iterations does.
+            state = np.random.SeedSequence(
+                [self.seed, self._epoch if self._epoch_set else self._iterations])
             base_seed = int(state.generate_state(1, np.uint64)[0] >> np.uint64(1))
         elif self.persistent_workers and self._first_base_seed is not None:
             # As torch: a persistent iterator draws from the generator only once, so a
@@ -240,23 +248,31 @@ class FMQLoader:
             raise RuntimeError("this FMQLoader is closed; create a new one to iterate again")
         if self.num_workers == 0:
             return _single_process_iter(self, self._draw_base_seed())
+        if not self.persistent_workers:
+            # As torch: each iterator has its own workers, for as long as it lives.
+            pool = self._new_pool()
+            it = (PushEpoch(self, pool, self._draw_base_seed()) if self._iterable
+                  else PullEpoch(self, pool, self._draw_base_seed()))
+            weakref.finalize(it, _close_pool, self._pools, pool)
+            return it
         current = self._current() if self._current is not None else None
         if current is not None:
-            current.abandon()
+            current.detach()
+        if self._pool is None:
+            self._pool = self._new_pool()
+            self._prefetched, self._epoch_open = None, False
         it, self._prefetched = self._prefetched, None
-        if it is None or it._pool is not self._pool:
-            if self._pool is None:
-                self._start_pool()
-            if self._iterable:
-                it = PushEpoch(self, self._pool, self._draw_base_seed())
-            else:
-                it = PullEpoch(self, self._pool, self._draw_base_seed(), self._pool.generation)
+        if it is not None:  # the next epoch, already under way
+            if self._epoch_open:  # the user left the last one early: drop its remaining tasks
+                self._pool.skip_below(it._first)
+            it.adopt(self)
         else:
-            it.adopt()
+            if self._epoch_open:
+                self._pool.skip_below(self._pool.next_seq)
+            it = (PushEpoch(self, self._pool, self._draw_base_seed()) if self._iterable
+                  else PullEpoch(self, self._pool, self._draw_base_seed()))
+        self._epoch_open = True
         self._current = weakref.ref(it)
-        # An iterator dropped mid-epoch (early break, del) ends its epoch's workers.
-        if not self.persistent_workers:
-            weakref.finalize(it, _stop_if_current, weakref.ref(self), self._pool)
         return it
 
     def _prefetch_next_epoch(self, epoch) -> "PullEpoch | None":
@@ -270,36 +286,39 @@ class FMQLoader:
         """
         if not (self.persistent_workers and self.prefetch_next_epoch) or self._pool is None:
             return None
-        if self._epoch_aware():
+        if self._epoch_set or self._epoch_aware():
             return None
-        self._prefetched = PullEpoch(self, self._pool, self._draw_base_seed(),
-                                     self._pool.generation, current=False)
+        self._prefetched = PullEpoch(self, self._pool, self._draw_base_seed(), current=False)
         return self._prefetched
 
-    def _start_pool(self) -> None:
-        self._pool = ProducerPool(
+    def _new_pool(self) -> ProducerPool:
+        pool = ProducerPool(
             self.dataset, self.num_workers, self.multiprocessing_context,
             auto_collation=self.auto_collation, collate_fn=self.collate_fn,
             drop_last=self.drop_last, batch_size=self.batch_size,
             worker_init_fn=self.worker_init_fn, iterable=self._iterable,
             max_outstanding=self.prefetch_factor * self.num_workers, extra_slabs=self.extra_slabs)
-        self._holder[0] = self._pool
+        self._pools.add(pool)
+        return pool
 
     def _end_epoch(self, it, clean: bool) -> None:
+        """``it`` ran to its end (``clean``) or raised; release what it no longer needs."""
+        if not self.persistent_workers:
+            _close_pool(self._pools, it._pool)
+            return
         if self._current is not None and self._current() is it:
             self._current = None
-        if not self.persistent_workers:
+        if clean:
+            self._epoch_open = False
+        elif it._pool is self._pool:
+            # A worker died or timed out mid-epoch: the next epoch starts fresh workers.
             self._stop_pool()
-        elif not clean:
-            self._prefetched = None
-            if self._pool is not None and not self._iterable:
-                self._pool.abandon_published()
 
     def _stop_pool(self) -> None:
         pool, self._pool = self._pool, None
-        self._holder[0] = None
+        self._prefetched, self._epoch_open = None, False
         if pool is not None:
-            pool.close()
+            _close_pool(self._pools, pool)
 
     def close(self) -> None:
         """Stop workers and release shared memory; idempotent. Batches you hold stay valid."""
@@ -308,8 +327,9 @@ class FMQLoader:
         self._closed = True
         self._current = None
         self._prefetched = None
+        self._pool = None
         try:
-            self._stop_pool()
+            _close_pools(self._pools)
         finally:
             self._finalizer.detach()
 
@@ -324,19 +344,14 @@ class FMQLoader:
                 f"prefetch_factor={self.prefetch_factor} persistent={self.persistent_workers}>")
 
 
-def _stop_if_current(loader_ref: weakref.ref, pool: ProducerPool) -> None:
-    loader = loader_ref()
-    if loader is not None and loader._pool is pool:
-        loader._stop_pool()
-    elif loader is None:
-        pool.close()
+def _close_pool(pools: set, pool: ProducerPool) -> None:
+    pools.discard(pool)
+    pool.close()
 
 
-def _close_pool_holder(holder: list) -> None:
-    pool = holder[0]
-    holder[0] = None
-    if pool is not None:
-        pool.close()
+def _close_pools(pools: set) -> None:
+    while pools:
+        pools.pop().close()
 
 
 def _single_process_iter(loader: FMQLoader, base_seed: int):

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from .errors import WorkerError
 from .queue import Queue
-from .worker import BUDGET, CONSUMED, MIN_GENERATION, STOP, Reseed, Stop, Task, WorkerSpec, run_worker
+from .worker import BUDGET, CONSUMED, MIN_SEQ, STOP, Reseed, Stop, Task, WorkerSpec, run_worker
 
 __all__ = ["ProducerPool"]
 
@@ -73,7 +73,6 @@ class ProducerPool:
         self.control[BUDGET] = max_outstanding
         self.next_seq = 0  # sequence number of the next task published (main process only)
         self.consumed = 0  # batches handed to the user, mirrored in control[CONSUMED]
-        self.generation = 0
         self.ready: dict[int, Any] = {}  # results received, not yet handed out, by sequence number
         try:
             board_lock = self._board_lock = ctx.Lock()
@@ -97,11 +96,11 @@ class ProducerPool:
         for pipe in self._task_pipes:
             pipe.send_bytes(pickle.dumps(Reseed(base_seed), _PROTOCOL))
 
-    def publish(self, generation: int, base_seed: int, position: int, indices) -> int:
+    def publish(self, base_seed: int, position: int, indices) -> int:
         """Put one map-style task on the shared board; return its sequence number."""
         seq = self.next_seq
         self.next_seq += 1
-        self._board_w.send_bytes(pickle.dumps((seq, generation, base_seed, position, indices), _PROTOCOL))
+        self._board_w.send_bytes(pickle.dumps((seq, base_seed, position, indices), _PROTOCOL))
         return seq
 
     def mark_consumed(self, n: int = 1) -> None:
@@ -109,18 +108,17 @@ class ProducerPool:
         self.consumed += n
         self.control[CONSUMED] = self.consumed
 
-    def abandon_published(self) -> int:
-        """Drop every published task not yet handed out; return the new generation.
+    def skip_below(self, seq: int) -> None:
+        """Drop every task numbered below ``seq`` (an epoch the user left early).
 
-        Workers skip tasks of older generations without running them; results
-        already in flight are dropped as they arrive.
+        Workers skip those still on the board; results already in flight are
+        dropped as they arrive; the prefetch bound restarts at ``seq``.
         """
-        self.generation += 1
-        self.control[MIN_GENERATION] = self.generation
-        self.consumed = self.next_seq
+        self.control[MIN_SEQ] = seq
+        self.consumed = max(self.consumed, seq)
         self.control[CONSUMED] = self.consumed
-        self.ready.clear()
-        return self.generation
+        for stale in [s for s in self.ready if s < seq]:
+            del self.ready[stale]
 
     def submit(self, worker_id: int, task_id: int, indices) -> None:
         """Send one task to one worker.

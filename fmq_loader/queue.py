@@ -32,6 +32,7 @@ queue (the creator and the children it was handed to) may write to it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing as mp
 import os
@@ -298,29 +299,10 @@ class Queue:
                         "supports one consuming process (several producers). Use one Queue per "
                         f"consumer, or close() the queue in process {other} first")
                 self._consumer_pid.value = me
-            local.stealer = Stealer(self._reader, self._rebuild)
+            # A partial over the arena, not a bound method: the stealer (reachable from
+            # the finalizer) must not keep the Queue alive.
+            local.stealer = Stealer(self._reader, functools.partial(_rebuild, self._arena))
             return local.stealer
-
-    def _rebuild(self, msg: bytes):
-        kind, slab, nbuf, nstream = _HEADER.unpack_from(msg, 0)
-        pos = _HEADER.size
-        table = [_ENTRY.unpack_from(msg, pos + i * _ENTRY.size) for i in range(nbuf)]
-        pos += nbuf * _ENTRY.size
-        view = memoryview(msg)
-        stream = view[pos:pos + nstream]
-        if kind == INLINE:
-            return codec.decode(stream, ())
-        if kind == SLAB:
-            end = max(off + n for off, n in table)
-            token = self._arena.lease(slab, end)
-            buffers = [np.frombuffer(token, np.uint8, n, off) for off, n in table]
-            return codec.decode(stream, buffers)
-        if kind == PIPE:
-            data = view[pos + nstream:]
-            if any(off + n > len(data) for off, n in table):
-                raise ValueError("message's buffer table points past its data; corrupt message")
-            return codec.decode(stream, [bytearray(data[off:off + n]) for off, n in table])
-        raise ValueError(f"message kind must be 0, 1 or 2, got {kind}; corrupt message")
 
     # -- state ------------------------------------------------------------------
     def qsize(self) -> int:
@@ -358,10 +340,13 @@ class Queue:
                     self._consumer_pid.value = 0
 
     def release_shared_memory(self) -> None:
-        """Close this process's slab descriptors (after ``close()``); items still held stay valid.
+        """Close this process's pipe ends and slab descriptors (after ``close()``).
 
-        The kernel frees a slab once no process has a descriptor or mapping of it.
+        Items still held stay valid: the kernel frees a slab once no process has a
+        descriptor or mapping of it.
         """
+        for conn in (self._reader, self._writer):
+            conn.close()
         self._arena.close()
 
     def shared_memory_bytes(self) -> int:
@@ -398,6 +383,29 @@ class Queue:
     def __repr__(self) -> str:
         return (f"<fmq_loader.Queue maxsize={self._maxsize} qsize={self.qsize()} "
                 f"slabs={self._arena.num_slabs}{' closed' if self._local.closed else ''}>")
+
+
+def _rebuild(arena: SlabArena, msg: bytes):
+    """Rebuild one item from its message (runs in the stealer thread; holds no Queue)."""
+    kind, slab, nbuf, nstream = _HEADER.unpack_from(msg, 0)
+    pos = _HEADER.size
+    table = [_ENTRY.unpack_from(msg, pos + i * _ENTRY.size) for i in range(nbuf)]
+    pos += nbuf * _ENTRY.size
+    view = memoryview(msg)
+    stream = view[pos:pos + nstream]
+    if kind == INLINE:
+        return codec.decode(stream, ())
+    if kind == SLAB:
+        end = max(off + n for off, n in table)
+        token = arena.lease(slab, end)
+        buffers = [np.frombuffer(token, np.uint8, n, off) for off, n in table]
+        return codec.decode(stream, buffers)
+    if kind == PIPE:
+        data = view[pos + nstream:]
+        if any(off + n > len(data) for off, n in table):
+            raise ValueError("message's buffer table points past its data; corrupt message")
+        return codec.decode(stream, [bytearray(data[off:off + n]) for off, n in table])
+    raise ValueError(f"message kind must be 0, 1 or 2, got {kind}; corrupt message")
 
 
 def _pid_alive(pid: int) -> bool:

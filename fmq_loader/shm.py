@@ -179,7 +179,7 @@ class SlabArena:
 
     def nbytes(self) -> int:
         """Bytes the slabs currently span (touched or not)."""
-        return int(self._sizes.sum())
+        return 0 if self._closed else int(self._sizes.sum())
 
     def close(self) -> None:
         """Close this process's descriptors; live views keep their mappings."""
@@ -187,6 +187,11 @@ class SlabArena:
             return
         self._closed = True
         self._maps.clear()
+        self._state = self._sizes = None  # views of the control mapping: drop them first
+        try:
+            self._ctrl.close()
+        except BufferError:  # a view of it is still referenced somewhere
+            pass
         self._close_fds()
 
     def _close_fds(self) -> None:

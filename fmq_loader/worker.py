@@ -23,7 +23,7 @@ import numpy as np
 
 __all__ = ["WorkerSpec", "Task", "Reseed", "Stop", "EndOfData", "WorkerFailure",
            "WorkerInfo", "get_worker_info", "run_worker", "seed_everything", "task_seed",
-           "CONSUMED", "MIN_GENERATION", "STOP", "BUDGET"]
+           "CONSUMED", "MIN_SEQ", "STOP", "BUDGET"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +43,7 @@ class WorkerSpec:
     iterable: bool
     board: Any = None  # the shared receiving Connection of map-style tasks
     board_lock: Any = None
-    control: Any = None  # shared int64 words: CONSUMED, MIN_GENERATION, STOP, BUDGET
+    control: Any = None  # shared int64 words: CONSUMED, MIN_SEQ, STOP, BUDGET
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +148,7 @@ def _failure(spec: WorkerSpec, exc: BaseException, where: str) -> WorkerFailure:
 
 
 # Words of the pool's control block (shared int64s, written by the main process).
-CONSUMED, MIN_GENERATION, STOP, BUDGET = range(4)
+CONSUMED, MIN_SEQ, STOP, BUDGET = range(4)
 # How often a worker held back by the prefetch bound looks again: from 1 ms, doubling to 16 ms.
 _BOUND_POLL_MIN_S, _BOUND_POLL_MAX_S = 0.001, 0.016
 
@@ -190,9 +190,11 @@ def run_worker(spec: WorkerSpec) -> None:
             spec.worker_init_fn(spec.worker_id)
         except Exception as exc:
             results.put((-1, spec.worker_id, _failure(spec, exc, "in worker_init_fn")))
+            results.close()
+            results.join_thread()  # deliver it before exiting: cancel_join_thread() is in force
             return
     iterator = None
-    generation_seen = None
+    seed_seen = None
     while True:
         ready = mp_connection.wait(watch)
         if spec.tasks in ready:
@@ -217,9 +219,9 @@ def run_worker(spec: WorkerSpec) -> None:
             with spec.board_lock:
                 if not spec.board.poll():
                     continue  # another worker took it
-                task_id, generation, base_seed, position, indices = pickle.loads(spec.board.recv_bytes())
-            if generation < control[MIN_GENERATION]:
-                continue  # an abandoned epoch's task
+                task_id, base_seed, position, indices = pickle.loads(spec.board.recv_bytes())
+            if task_id < control[MIN_SEQ]:
+                continue  # the rest of an epoch the user left early
             pause = _BOUND_POLL_MIN_S
             while task_id >= control[CONSUMED] + control[BUDGET] and not control[STOP]:
                 # Poll, backing off: the consumer is slower than the workers here, so a
@@ -229,10 +231,10 @@ def run_worker(spec: WorkerSpec) -> None:
                 pause = min(2 * pause, _BOUND_POLL_MAX_S)
             if control[STOP]:
                 return
-            if generation < control[MIN_GENERATION]:
+            if task_id < control[MIN_SEQ]:
                 continue
-            if generation_seen != (generation, base_seed):
-                generation_seen = (generation, base_seed)
+            if seed_seen != base_seed:
+                seed_seen = base_seed
                 _publish_worker_info(spec, (base_seed + spec.worker_id) % 2**63)
             seed_everything(task_seed(base_seed, position))
         else:

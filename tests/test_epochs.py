@@ -1,0 +1,142 @@
+"""Epoch lifecycle: early breaks, several iterators, errors mid-epoch, and what is left behind.
+
+Each test is a regression test for a bug found in review (see the commit that added this file).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+
+import multiprocessing as mp
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from fmq_loader import FMQLoader
+
+
+class Numbers(Dataset):
+    def __init__(self, n: int, fail_at: int | None = None) -> None:
+        self.n, self.fail_at = n, fail_at
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        if i == self.fail_at:
+            raise KeyError(f"no sample {i}")
+        return i
+
+
+def _batches(it) -> list[list[int]]:
+    return [b.tolist() for b in it]
+
+
+def _raise_in_init(worker_id: int) -> None:
+    raise ValueError(f"init of worker {worker_id} failed")
+
+
+@pytest.mark.parametrize("left_early", [1, 15])
+def test_persistent_workers_start_the_next_epoch_after_an_early_break(left_early):
+    with FMQLoader(Numbers(40), batch_size=2, num_workers=2, persistent_workers=True,
+                   multiprocessing_context="fork", timeout=10) as loader:
+        for _ in range(3):
+            it = iter(loader)
+            for _ in range(left_early):
+                next(it)
+            del it
+        assert len(_batches(loader)) == 20
+        assert len(_batches(loader)) == 20
+
+
+def test_persistent_shuffle_after_a_mid_epoch_iter_matches_torch():
+    def epochs(cls):
+        loader = cls(Numbers(8), batch_size=2, shuffle=True, num_workers=2,
+                     persistent_workers=True, multiprocessing_context="fork",
+                     generator=torch.Generator().manual_seed(0))
+        it = iter(loader)
+        next(it)
+        out = [_batches(loader), _batches(loader)]
+        if isinstance(loader, FMQLoader):
+            loader.close()
+        return out
+
+    assert epochs(FMQLoader) == epochs(DataLoader)
+
+
+def test_two_live_iterators_each_yield_the_whole_epoch():
+    with FMQLoader(Numbers(8), batch_size=2, num_workers=2, multiprocessing_context="fork") as loader:
+        pairs = list(zip(loader, loader))
+        nested = [(a, b) for a in loader for b in loader]
+    assert len(pairs) == 4 and all(torch.equal(a, b) for a, b in pairs)
+    assert len(nested) == 16
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_a_batch_error_does_not_end_the_epoch(persistent):
+    with FMQLoader(Numbers(16, fail_at=5), batch_size=2, num_workers=2, persistent_workers=persistent,
+                   multiprocessing_context="fork") as loader:
+        it, got, errors = iter(loader), [], 0
+        while True:
+            try:
+                got.append(next(it)[0].item())
+            except KeyError:
+                errors += 1
+            except StopIteration:
+                break
+    assert errors == 1 and got == [0, 2, 6, 8, 10, 12, 14]
+
+
+def test_worker_init_fn_error_reaches_the_main_process_with_its_message():
+    with FMQLoader(Numbers(8), batch_size=2, num_workers=2, worker_init_fn=_raise_in_init,
+                   multiprocessing_context="fork") as loader:
+        with pytest.raises(ValueError, match=r"(?s)Caught ValueError in worker \d .*init of worker \d failed"):
+            next(iter(loader))
+
+
+def test_dropped_persistent_loader_stops_its_workers_without_the_cyclic_gc():
+    loader = FMQLoader(Numbers(8), batch_size=2, num_workers=2, persistent_workers=True,
+                       multiprocessing_context="fork")
+    _batches(loader)  # the next epoch is now prefetched
+    gc.disable()
+    try:
+        del loader
+        deadline = time.monotonic() + 5
+        while mp.active_children() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not mp.active_children()
+    finally:
+        gc.enable()
+
+
+def test_open_fds_stay_flat_over_many_non_persistent_epochs():
+    with FMQLoader(Numbers(8), batch_size=2, num_workers=2, multiprocessing_context="fork") as loader:
+        _batches(loader)
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(10):
+            _batches(loader)
+        gc.collect()
+        assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_seeded_augmentations_do_not_depend_on_next_epoch_prefetch():
+    def draws(prefetch: bool):
+        with FMQLoader(_RandomDraws(), batch_size=2, num_workers=2, persistent_workers=True, seed=123,
+                       prefetch_next_epoch=prefetch, multiprocessing_context="fork") as loader:
+            out = []
+            for epoch in range(3):
+                loader.set_epoch(epoch)
+                out.append(_batches(loader))
+            return out
+
+    assert draws(True) == draws(False)
+
+
+class _RandomDraws(Dataset):
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, i: int) -> int:
+        return int(torch.randint(0, 10**6, ()).item())
