@@ -9,9 +9,11 @@ stragglers, and finally close the queue's shared memory.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -34,6 +36,27 @@ def _check_picklable(what: str, obj: Any, method: str) -> None:
             f"{what} {obj!r} cannot be pickled for a {method!r} worker ({type(exc).__name__}: "
             f"{exc}); define it at module top level (not a lambda or local function), or use "
             "multiprocessing_context='fork'") from exc
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Start a worker with SIGINT ignored from its first instruction.
+
+    Workers leave Ctrl-C to the main process, but a spawned worker only gets to
+    ignore SIGINT once its imports are done; a Ctrl-C before that would print its
+    own KeyboardInterrupt traceback. An ignored signal stays ignored across exec,
+    so ignoring it around ``start()`` closes that window. (A Ctrl-C landing in the
+    few milliseconds of ``start()`` itself is lost.) Only the main thread may
+    change signal handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class ProducerPool:
@@ -83,7 +106,8 @@ class ProducerPool:
                                   None if iterable else self._board_r, board_lock, self.control)
                 proc = ctx.Process(target=run_worker, args=(spec,), name=f"fmq-worker-{wid}",
                                    daemon=True)
-                proc.start()
+                with _sigint_ignored():
+                    proc.start()
                 reader.close()  # the worker holds the only reading end
                 self._task_pipes.append(writer)
                 self.workers.append(proc)
