@@ -120,6 +120,8 @@ def _one_run(kind: str, dataset, batch_size: int, num_workers: int, epochs: int,
                 del x
             t_end_prev = time.perf_counter()
         elapsed = time.perf_counter() - t_start - 0.5 * epochs
+        workers = (loader._pool.workers if kind == "fmq" else loader._iterator._workers)
+        peak_rss = statistics.fmean(_peak_rss_mib(w.pid) for w in workers)
     finally:
         if kind == "fmq":
             loader.close()
@@ -132,7 +134,14 @@ def _one_run(kind: str, dataset, batch_size: int, num_workers: int, epochs: int,
         "ready_next_us": 1e6 * statistics.median(ready_next),
         "first_batch_ms": 1e3 * first_batch,
         "epoch2_start_ms": 1e3 * statistics.median(epoch_starts) if epoch_starts else float("nan"),
+        "worker_peak_rss_mib": peak_rss,
     }
+
+
+def _peak_rss_mib(pid: int) -> float:
+    """A process's peak resident memory (VmHWM), shared pages included."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
 
 
 def _imagefolder(root: str, decoder: str = "auto"):
@@ -183,7 +192,8 @@ def report(res: dict) -> str:
             ("main CPU per batch, mean (ms)", "cpu_ms_per_batch_mean", "{:.3f}", False),
             ("next() with a batch waiting (us)", "ready_next_us", "{:.1f}", False),
             ("time to first batch (ms)", "first_batch_ms", "{:.0f}", False),
-            ("epoch-2 start (ms)", "epoch2_start_ms", "{:.1f}", False)]
+            ("epoch-2 start (ms)", "epoch2_start_ms", "{:.1f}", False),
+            ("peak RSS per worker (MiB)", "worker_peak_rss_mib", "{:.0f}", False)]
     lines = [f"{'metric':34} {'torch DataLoader':>17} {'FMQLoader':>11} {'fmq/torch':>10}"]
     for label, key, fmt, _ in rows:
         t, f = res["torch"][key], res["fmq"][key]
