@@ -2,14 +2,17 @@
 
 Data flow::
 
-    sampler (main) -> task pipes -> [worker i: dataset[idx] + transform + collate]
+    sampler (main) -> shared task board (one pipe; an idle worker takes the next task)
+        -> [worker i: dataset[idx] + transform + collate]
         -> fmq_loader.Queue: batch laid into a reused shared-memory slab, descriptor on a pipe
         -> stealer thread (main process): rebuilds zero-copy tensors, buffers them
-        -> reorder by task id (in_order) -> __next__ -> your training loop
+        -> reorder by task (in_order) -> __next__ -> your training loop
 
-At most ``prefetch_factor * num_workers`` tasks are in flight; a worker starts
-the next one as soon as it has sent the previous, and the stealer has each batch
-rebuilt before ``next()`` asks for it.
+At most ``prefetch_factor * num_workers`` tasks are in flight: a worker starts
+task ``seq`` only while ``seq < consumed + prefetch_factor * num_workers``, where
+``consumed`` is a shared counter that ``next()`` bumps -- no pipe write, no
+wake-up of another process per batch (see epoch.py and docs/design.md).
+Iterable datasets get per-worker tasks instead, round-robin, as in torch.
 
 NOTE [ fmq shutdown order ]
     ``FMQLoader.close()`` (also reached from ``with``, the end of a non-persistent
@@ -31,7 +34,7 @@ import logging
 import multiprocessing as mp
 import warnings
 import weakref
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -45,8 +48,6 @@ from .pool import ProducerPool
 __all__ = ["FMQLoader"]
 
 logger = logging.getLogger(__name__)
-
-_POLL_S = 0.05  # how often a waiting next() checks that workers are alive
 
 
 class _InfiniteIndices(Sampler):
