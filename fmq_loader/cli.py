@@ -120,6 +120,9 @@ def _close(loader) -> None:
         close()
 
 
+_LOADER_NAMES = {"fmq": "FMQLoader", "torch": "torch DataLoader"}
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     import torch
 
@@ -139,7 +142,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     kinds = ["fmq", "torch"] if args.loader == "both" else [args.loader]
     results = {}
     for kind in kinds:
-        name = "FMQLoader" if kind == "fmq" else "torch DataLoader"
+        name = _LOADER_NAMES[kind]
         print(f"-- {name}")
         loader = _make_loader(kind, cfg, dataset)
         try:
@@ -157,7 +160,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"{'loader':<18}{'images/s':>10}{'data wait':>11}{'first batch':>13}"
               f"{'final loss':>12}")
         for kind, r in results.items():
-            name = "FMQLoader" if kind == "fmq" else "torch DataLoader"
+            name = _LOADER_NAMES[kind]
             print(f"{name:<18}{r.images_per_s:>10.1f}{100 * r.data_wait_share:>10.1f}%"
                   f"{r.first_batch_s:>11.2f} s{r.final_loss:>12.3f}")
         ratio = results["fmq"].images_per_s / results["torch"].images_per_s
@@ -199,7 +202,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return 0
     print(f"{'loader':<18}{'first batch':>13}{'images/s':>11}{'batches':>9}{'seconds':>9}")
     for kind, r in results.items():
-        name = "FMQLoader" if kind == "fmq" else "torch DataLoader"
+        name = _LOADER_NAMES[kind]
         print(f"{name:<18}{r.first_batch_s:>11.3f} s{r.images_per_s:>11.1f}{r.batches:>9}"
               f"{r.seconds:>9.2f}")
     if ratio is not None:
