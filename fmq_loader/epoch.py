@@ -136,11 +136,15 @@ class PullEpoch(_Epoch):
     """
 
     def __init__(self, loader: "FMQLoader", pool: "ProducerPool", base_seed: int,
-                 current: bool = True) -> None:
+                 current: bool = True, start: int = 0) -> None:
         super().__init__(loader, pool, current)
         self._current = current  # only the current epoch may start the one after it
         self._tasks = iter(loader._index_sampler)
         self._base_seed = base_seed
+        # Place in the epoch of the next task's first sample: it seeds each sample.
+        self._position = 0
+        for indices in itertools.islice(self._tasks, start):  # resume: skip what was seen
+            self._position += len(indices) if loader.auto_collation else 1
         self._first = pool.next_seq
         # A prefetched epoch's first batch is made ahead of need: splitting it would
         # only add the join's copy to the main process.
@@ -173,18 +177,19 @@ class PullEpoch(_Epoch):
             except StopIteration:
                 self._exhausted = True
                 continue
+            position = self._position
             if self._published == 0 and self._split_first and len(indices) >= self._n:
                 indices = list(indices)
                 cuts = [len(indices) * k // self._n for k in range(self._n + 1)]
                 first = None
-                for part in range(self._n):  # negative positions: seeds apart from whole batches
-                    seq = pool.publish(self._base_seed, -1 - part,
+                for part in range(self._n):
+                    seq = pool.publish(self._base_seed, position + cuts[part],
                                        indices[cuts[part]:cuts[part + 1]])
                     first = seq if first is None else first
                 self._spans[first] = self._n
             else:
-                self._spans[pool.publish(self._base_seed, self._published,
-                                         indices)] = 1
+                self._spans[pool.publish(self._base_seed, position, indices)] = 1
+            self._position += len(indices) if self._loader.auto_collation else 1
             self._published += 1
 
     def adopt(self, loader: "FMQLoader") -> None:

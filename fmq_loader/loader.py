@@ -29,9 +29,11 @@ NOTE [ fmq shutdown order ]
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import multiprocessing as mp
+import random
 import warnings
 import weakref
 from typing import Callable, Iterable
@@ -44,6 +46,7 @@ from torch.utils.data import (BatchSampler, IterableDataset, RandomSampler, Samp
 from .collate import default_collate, default_convert
 from .epoch import PullEpoch, PushEpoch, pin
 from .pool import ProducerPool
+from .worker import load_batch
 
 __all__ = ["FMQLoader"]
 
@@ -355,6 +358,18 @@ def _close_pools(pools: set) -> None:
         pools.pop().close()
 
 
+@contextlib.contextmanager
+def _own_rng_state():
+    """Restore ``random``'s, numpy's and torch's CPU RNG state on exit."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+
+
 def _single_process_iter(loader: FMQLoader, base_seed: int):
     """num_workers=0: load in this process, same semantics as the worker path."""
     dataset, collate = loader.dataset, loader.collate_fn
@@ -372,13 +387,17 @@ def _single_process_iter(loader: FMQLoader, base_seed: int):
                 batch = collate(item)
                 yield pin(batch, loader.pin_memory_device) if loader.pin_memory else batch
         return
+    position = 0  # each sample seeded from its place in the epoch, as in the workers
     for indices in loader._index_sampler:
+        with _own_rng_state():  # the training loop's RNG streams are not disturbed
+            samples = load_batch(dataset, indices, loader.auto_collation, base_seed, position)
         if loader.auto_collation:
-            samples = [dataset[i] for i in indices]
+            position += len(indices)
             try:
                 batch = collate(samples)
             except (ValueError, TypeError) as exc:  # name the samples, as workers do
                 raise type(exc)(f"{exc} (collating dataset indices {list(indices)[:16]})") from exc
         else:
-            batch = collate(dataset[indices])
+            position += 1
+            batch = collate(samples)
         yield pin(batch, loader.pin_memory_device) if loader.pin_memory else batch

@@ -13,16 +13,15 @@ import ctypes
 import dataclasses
 import os
 import pickle
-import random
 import signal
 import traceback
 from multiprocessing import connection as mp_connection
 from typing import Any, Callable
 
-import numpy as np
+from .seeding import sample_seed, seed_everything, seed_sample
 
 __all__ = ["WorkerSpec", "Task", "Reseed", "Stop", "EndOfData", "WorkerFailure",
-           "WorkerInfo", "get_worker_info", "run_worker", "seed_everything", "task_seed",
+           "WorkerInfo", "get_worker_info", "run_worker", "seed_everything",
            "CONSUMED", "MIN_SEQ", "STOP", "BUDGET"]
 
 
@@ -106,15 +105,6 @@ def get_worker_info() -> WorkerInfo | None:
     return _worker_info
 
 
-def seed_everything(seed: int) -> None:
-    """Seed ``random``, numpy's global RNG and torch from one 64-bit seed."""
-    import torch
-
-    random.seed(seed)
-    torch.manual_seed(seed)
-    np.random.seed(np.random.SeedSequence(seed % 2**64).generate_state(4))
-
-
 def _publish_worker_info(spec: WorkerSpec, seed: int) -> None:
     """Runs in the worker process. Make our and torch's get_worker_info() answer."""
     global _worker_info
@@ -153,12 +143,22 @@ CONSUMED, MIN_SEQ, STOP, BUDGET = range(4)
 _BOUND_POLL_MIN_S, _BOUND_POLL_MAX_S = 0.001, 0.016
 
 
-def task_seed(base_seed: int, position: int) -> int:
-    """The RNG seed for the batch at ``position`` of an epoch: the same whichever worker runs it.
+def load_batch(dataset, indices, auto_collation: bool, base_seed: int, position: int,
+               torch_gen=None):
+    """The samples of one task, each loaded right after seeding it from its epoch position.
 
-    Parts of a split first batch have negative positions (-1, -2, ...).
+    ``position`` is the first sample's place in the epoch. Returns the list of
+    samples (auto-collation) or ``dataset[indices]`` (``batch_size=None``).
+    Shared by the workers and the ``num_workers=0`` path (see seeding.py).
     """
-    return (base_seed + (position + 1) * 0x9E3779B97F4A7C15) % 2**63
+    if not auto_collation:
+        seed_sample(sample_seed(base_seed, position), torch_gen)
+        return dataset[indices]
+    samples = []
+    for k, i in enumerate(indices):
+        seed_sample(sample_seed(base_seed, position + k), torch_gen)
+        samples.append(dataset[i])
+    return samples
 
 
 def run_worker(spec: WorkerSpec) -> None:
@@ -195,6 +195,7 @@ def run_worker(spec: WorkerSpec) -> None:
             return
     iterator = None
     seed_seen = None
+    torch_gen = torch.default_generator
     while True:
         ready = mp_connection.wait(watch)
         if spec.tasks in ready:
@@ -236,17 +237,14 @@ def run_worker(spec: WorkerSpec) -> None:
             if seed_seen != base_seed:
                 seed_seen = base_seed
                 _publish_worker_info(spec, (base_seed + spec.worker_id) % 2**63)
-            seed_everything(task_seed(base_seed, position))
         else:
             return  # the parent died
         try:
             if spec.iterable:
                 payload = _next_from_iterable(spec, iterator)
-            elif spec.auto_collation:
-                samples = [spec.dataset[i] for i in indices]
-                payload = spec.collate_fn(samples)
             else:
-                payload = spec.dataset[indices]
+                payload = load_batch(spec.dataset, indices, spec.auto_collation, base_seed,
+                                     position, torch_gen)
                 if spec.collate_fn is not None:
                     payload = spec.collate_fn(payload)
         except Exception as exc:
