@@ -19,12 +19,14 @@ import itertools
 import queue as _queue
 import time
 import weakref
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .collate import concat_batches, default_collate
 from .errors import QueueTimeout, WorkerError
+from .stats import batch_size_of
 from .worker import EndOfData, WorkerFailure, describe_failure
 
 if TYPE_CHECKING:
@@ -64,6 +66,8 @@ class _Epoch:
         self._in_order = loader.in_order
         self._timeout = loader.timeout
         self._pin = loader.pin_memory
+        self._meter = loader._meter
+        self._samples = 0  # samples in the batch being handed out (set by _next_batch)
         self._done = False
 
     def __iter__(self):
@@ -75,6 +79,7 @@ class _Epoch:
     def __next__(self):
         if self._done:
             raise StopIteration
+        start = perf_counter()
         try:
             batch = self._next_batch()
         except StopIteration:
@@ -86,7 +91,10 @@ class _Epoch:
             else:
                 self._finish(error=True)
             raise
-        return pin(batch, self._loader.pin_memory_device) if self._pin else batch
+        if self._pin:
+            batch = pin(batch, self._loader.pin_memory_device)
+        self._meter.record(start, perf_counter(), self._samples)
+        return batch
 
     def _raise(self, failure: WorkerFailure, task: bool = True):
         """Re-raise a worker's exception here; ``task``: it was one batch's, not the worker's."""
@@ -151,6 +159,8 @@ class PullEpoch(_Epoch):
         self._split_first = (current and self._n > 1 and loader.auto_collation
                              and loader.collate_fn is default_collate)
         self._spans: dict[int, int] = {}  # first seq -> number of parts, per batch not handed out
+        self._sizes: dict[int, int] = {}  # first seq -> samples in the batch
+        self._auto_collation = loader.auto_collation
         self._published = 0
         self._yielded = 0
         self._exhausted = False
@@ -187,9 +197,12 @@ class PullEpoch(_Epoch):
                                        indices[cuts[part]:cuts[part + 1]])
                     first = seq if first is None else first
                 self._spans[first] = self._n
+                self._sizes[first] = len(indices)
             else:
-                self._spans[pool.publish(self._base_seed, position, indices)] = 1
-            self._position += len(indices) if self._loader.auto_collation else 1
+                first = pool.publish(self._base_seed, position, indices)
+                self._spans[first] = 1
+                self._sizes[first] = len(indices) if self._auto_collation else 1
+            self._position += self._sizes[first]
             self._published += 1
 
     def adopt(self, loader: "FMQLoader") -> None:
@@ -232,6 +245,7 @@ class PullEpoch(_Epoch):
 
     def _hand_out(self, first: int):
         nparts = self._spans.pop(first)
+        self._samples = self._sizes.pop(first)
         parts = [self._pool.ready.pop(seq) for seq in range(first, first + nparts)]
         self._yielded += 1
         self._pool.mark_consumed(nparts)
@@ -251,6 +265,7 @@ class PushEpoch(_Epoch):
         self._active = [True] * self._n
         self._outstanding: dict[int, int] = {}
         self._ready: dict[int, Any] = {}
+        self._auto_collation = loader.auto_collation
         self._worker_cycle = itertools.cycle(range(self._n))
         pool.reseed(base_seed)
         self._first = self._next_task = self._next_yield = pool.next_seq
@@ -304,4 +319,5 @@ class PushEpoch(_Epoch):
             self._dispatch()
             return _SKIP
         self._dispatch()
+        self._samples = batch_size_of(payload) if self._auto_collation else 1
         return payload

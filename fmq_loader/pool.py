@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from .errors import WorkerError
 from .queue import Queue
+from .stats import WORKER_FIELDS, WorkerStats
 from .worker import BUDGET, CONSUMED, MIN_SEQ, STOP, Reseed, Stop, Task, WorkerSpec, run_worker
 
 __all__ = ["ProducerPool"]
@@ -94,6 +95,9 @@ class ProducerPool:
         self._board_r, self._board_w = ctx.Pipe(duplex=False)
         self.control = ctx.RawArray("q", 4)
         self.control[BUDGET] = max_outstanding
+        self.worker_stats = ctx.RawArray("d", WORKER_FIELDS * num_workers)  # see stats.py
+        self.started_at: list[float] = []  # time.monotonic() at each worker's start
+        self.pids: list[int] = []
         self.next_seq = 0  # sequence number of the next task published (main process only)
         self.consumed = 0  # batches handed to the user, mirrored in control[CONSUMED]
         self.ready: dict[int, Any] = {}  # results received, not yet handed out, by sequence number
@@ -103,11 +107,14 @@ class ProducerPool:
                 reader, writer = ctx.Pipe(duplex=False)
                 spec = WorkerSpec(wid, num_workers, dataset, auto_collation, collate_fn, drop_last,
                                   batch_size, worker_init_fn, reader, self.results, iterable,
-                                  None if iterable else self._board_r, board_lock, self.control)
+                                  None if iterable else self._board_r, board_lock, self.control,
+                                  self.worker_stats)
                 proc = ctx.Process(target=run_worker, args=(spec,), name=f"fmq-worker-{wid}",
                                    daemon=True)
                 with _sigint_ignored():
                     proc.start()
+                self.started_at.append(time.monotonic())
+                self.pids.append(proc.pid)
                 reader.close()  # the worker holds the only reading end
                 self._task_pipes.append(writer)
                 self.workers.append(proc)
@@ -155,6 +162,25 @@ class ProducerPool:
     def get(self, timeout: float):
         """One ``(task_id, worker_id, payload)`` result; ``queue.Empty`` after ``timeout``."""
         return self.results.get(True, timeout)
+
+    def worker_stats_snapshot(self) -> tuple[list[WorkerStats], int]:
+        """Per-worker figures read from the shared stats array, and total skipped files."""
+        now, rows, skipped = time.monotonic(), [], 0
+        table = self.worker_stats
+        for wid, (pid, started) in enumerate(zip(self.pids, self.started_at)):
+            busy, batches, samples, skip = table[wid * WORKER_FIELDS:(wid + 1) * WORKER_FIELDS]
+            life = max(now - started, 1e-9)
+            rows.append(WorkerStats(wid, pid, int(batches), int(samples), busy,
+                                    min(1.0, busy / life), samples / life))
+            skipped += int(skip)
+        return rows, skipped
+
+    def queue_depth(self) -> int:
+        """Batches made and not yet handed out (received, in the pipe, or buffered)."""
+        try:
+            return len(self.ready) + self.results.qsize()
+        except (OSError, ValueError):  # closed
+            return len(self.ready)
 
     def check_alive(self) -> None:
         """Raise ``WorkerError`` if a worker has exited (signal named, OOM hint for SIGKILL)."""

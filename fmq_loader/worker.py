@@ -18,7 +18,12 @@ import traceback
 from multiprocessing import connection as mp_connection
 from typing import Any, Callable
 
+from time import perf_counter
+
+import numpy as np
+
 from .seeding import sample_seed, seed_everything, seed_sample
+from .stats import BATCHES, BUSY, SAMPLES, SKIPPED, WORKER_FIELDS, batch_size_of
 
 __all__ = ["WorkerSpec", "Task", "Reseed", "Stop", "EndOfData", "WorkerFailure",
            "WorkerInfo", "get_worker_info", "run_worker", "seed_everything",
@@ -43,6 +48,7 @@ class WorkerSpec:
     board: Any = None  # the shared receiving Connection of map-style tasks
     board_lock: Any = None
     control: Any = None  # shared int64 words: CONSUMED, MIN_SEQ, STOP, BUDGET
+    stats: Any = None  # shared float64 array, WORKER_FIELDS per worker (stats.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +202,8 @@ def run_worker(spec: WorkerSpec) -> None:
     iterator = None
     seed_seen = None
     torch_gen = torch.default_generator
+    row = (None if spec.stats is None else
+           np.frombuffer(spec.stats, np.float64)[spec.worker_id * WORKER_FIELDS:][:WORKER_FIELDS])
     while True:
         ready = mp_connection.wait(watch)
         if spec.tasks in ready:
@@ -239,6 +247,7 @@ def run_worker(spec: WorkerSpec) -> None:
                 _publish_worker_info(spec, (base_seed + spec.worker_id) % 2**63)
         else:
             return  # the parent died
+        began = perf_counter()
         try:
             if spec.iterable:
                 payload = _next_from_iterable(spec, iterator)
@@ -255,6 +264,13 @@ def run_worker(spec: WorkerSpec) -> None:
             results.put((task_id, spec.worker_id, payload))
         except Exception as exc:  # e.g. the batch could not be pickled
             results.put((task_id, spec.worker_id, _failure(spec, exc, "sending the batch")))
+        if row is not None:  # see stats.py; this worker is the row's only writer
+            row[BUSY] += perf_counter() - began
+            if not isinstance(payload, (EndOfData, WorkerFailure)):
+                row[BATCHES] += 1
+                row[SAMPLES] += (batch_size_of(payload) if spec.iterable and spec.auto_collation
+                                 else len(indices) if spec.auto_collation else 1)
+            row[SKIPPED] = getattr(spec.dataset, "skipped", 0)
         del payload
 
 
