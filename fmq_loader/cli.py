@@ -1,4 +1,4 @@
-"""The ``fmq-loader`` command line: make-dataset, train, bench, show-config, check-config.
+"""The ``fmq-loader`` command line: make-dataset, train, bench, tune, show-config, check-config.
 
 Each subcommand is a ``_cmd_<name>(args) -> int`` registered in ``_build_parser``. A user
 mistake (bad argument value, unwritable folder) prints one ``fmq-loader: error: ...`` line
@@ -172,7 +172,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from fmq_loader.demo import time_loader
-    from fmq_loader.synth import _Progress
+    from fmq_loader.progress import Progress
 
     extra = [f"bench.batches={args.batches}"] if args.batches is not None else []
     if args.data is not None:
@@ -185,7 +185,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     results = {}
     for kind in args.loaders:
         loader = _make_loader(kind, cfg, dataset)
-        bar = _Progress(n, not args.no_progress, f"bench {kind}")
+        bar = Progress(n, not args.no_progress, f"bench {kind}", unit="batch")
         try:
             results[kind] = time_loader(loader, n, progress=lambda _: bar.update())
         finally:
@@ -207,6 +207,68 @@ def _cmd_bench(args: argparse.Namespace) -> int:
               f"{r.seconds:>9.2f}")
     if ratio is not None:
         print(f"FMQLoader / torch DataLoader: {ratio:.2f}x images/s")
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"must be a comma-separated list of ints >= 1, "
+                                         f"got {text!r}; e.g. 1,2,4")
+    return values
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from fmq_loader.progress import Progress
+    from fmq_loader.tune import TuneError, tune
+
+    if args.budget_s != args.budget_s or args.budget_s <= 0:
+        raise UsageError(f"--budget-s must be a positive number of seconds, got {args.budget_s}")
+    extra = [f"dataset.root={args.data}"] if args.data is not None else []
+    cfg = _load(args, extra)
+    if args.out is not None:
+        folder = os.path.dirname(os.path.abspath(args.out))
+        if not os.path.isdir(folder):
+            raise UsageError(f"--out {args.out!r}: folder {folder!r} does not exist; create it "
+                             "or write the file elsewhere")
+    dataset = _dataset(cfg, progress=not args.no_progress)
+    if not args.json:
+        print(_describe(cfg, dataset) + f"; tuning for up to {args.budget_s:g} s")
+    bar = Progress(None, not args.no_progress and not args.json, "tune", unit="trial",
+                   fallback=False)
+    try:
+        result = tune(cfg, budget_s=args.budget_s, workers=args.workers,
+                      prefetch=args.prefetch, dataset=dataset,
+                      progress=None if args.json else
+                      (lambda line: (bar.write(line), bar.update())))
+    except TuneError as exc:
+        raise UsageError(str(exc)) from exc
+    finally:
+        bar.close()
+    if args.out is not None:
+        try:
+            with open(args.out, "w", encoding="utf-8") as fh:
+                fh.write(result.to_yaml())
+        except OSError as exc:
+            raise UsageError(f"cannot write --out {args.out!r}: {exc.strerror or exc}; "
+                             "choose a writable path") from exc
+    if args.json:
+        print(json.dumps(result.as_dict() | {"out": args.out}, indent=2))
+        return 0
+    b = result.best
+    print()
+    print(result.table())
+    print()
+    print(f"best: {b.setting()}: {b.images_per_s:.1f} images/s, "
+          f"{b.images_per_s / result.baseline.images_per_s:.2f}x num_workers=1 "
+          f"({len(result.trials)} trials, {result.spent_s:.0f} s)")
+    print(f"bottleneck: {result.bottleneck}: {result.reason}")
+    if args.out is not None:
+        print(f"wrote {args.out}; use it with FMQLoader.from_config(dataset, {args.out!r}) "
+              f"or fmq-loader train --config {args.out}")
     return 0
 
 
@@ -301,6 +363,31 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser(
+        "tune", help="try num_workers and prefetch_factor on a config's dataset; name the "
+                     "bottleneck; write the best settings",
+        description="Within --budget-s seconds, measure images/s (median of windows, warm-up "
+                    "excluded) for num_workers 1, 2, 3, 4, 6, ... up to twice the cores and "
+                    "prefetch_factor 2 and 4, print a table, say whether loading is "
+                    "decode-, I/O-, shared-memory- or consumer-bound, and write the best "
+                    "settings as a config (--out). e.g. fmq-loader tune "
+                    "configs/cpu_small.yaml --budget-s 60 --out best.yaml")
+    _add_config_args(p, positional=True)
+    p.add_argument("--budget-s", type=float, default=60.0, metavar="S",
+                   help="seconds for all trials together (default 60)")
+    p.add_argument("--out", metavar="FILE.yaml",
+                   help="write the config with the best settings here")
+    p.add_argument("--workers", type=_int_list, metavar="LIST",
+                   help="num_workers values to try, e.g. 1,2,4 (default: 1, 2, 3, 4, 6, ... "
+                        "up to twice the cores); 1 is always tried")
+    p.add_argument("--prefetch", type=_int_list, metavar="LIST",
+                   help="prefetch_factor values, the first used for the worker sweep "
+                        "(default: the config's, then 4 and 2)")
+    p.add_argument("--data", metavar="DIR", help="sets dataset.root")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser(
         "show-config", help="print the resolved config, defaults included",

@@ -12,12 +12,12 @@ Images are deterministic for a given ``seed``.
 from __future__ import annotations
 
 import os
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .progress import Progress
 
 __all__ = ["make_dataset", "make_image"]
 
@@ -81,43 +81,6 @@ def make_image(rng: np.random.Generator, size: tuple[int, int], hue: np.ndarray,
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
 
 
-class _Progress:
-    """tqdm when installed, else one self-overwriting stderr line (tqdm is optional)."""
-
-    def __init__(self, total: int, enabled: bool, desc: str):
-        self.total, self.enabled, self.desc = total, enabled, desc
-        self.done, self._last = 0, 0.0
-        self._bar = None
-        if enabled:
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                tqdm = None
-            if tqdm is not None:
-                self._bar = tqdm(total=total, desc=desc, unit="img")
-
-    def update(self) -> None:
-        self.done += 1
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.update(1)
-            return
-        now = time.monotonic()
-        if now - self._last >= 0.2 or self.done == self.total:
-            self._last = now
-            pct = 100.0 * self.done / self.total
-            sys.stderr.write(f"\r{self.desc}: {self.done}/{self.total} ({pct:3.0f}%)")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-        elif self.enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
 def make_dataset(root: str | os.PathLike, classes: int = 10, per_class: int = 100,
                  size: tuple[int, int] = (500, 375), seed: int = 0, quality: int = 90,
                  progress: bool = True) -> Path:
@@ -151,7 +114,7 @@ def make_dataset(root: str | os.PathLike, classes: int = 10, per_class: int = 10
     root = Path(root)
     noise = _noise_tile(width, height, seed)
     hue_rng = np.random.default_rng([seed, 0xC0105])
-    bar = _Progress(classes * per_class, progress, f"make-dataset {root}")
+    bar = Progress(classes * per_class, progress, f"make-dataset {root}", unit="img")
     try:
         for c in range(classes):
             folder = root / f"class_{c:03d}"

@@ -1,0 +1,103 @@
+"""Progress bars for long CLI work: tqdm when installed, else a plain periodic line on stderr.
+
+tqdm is optional (``pip install "fmq-loader[progress]"``). Without it, ``Progress``
+rewrites one ``desc: done/total (pct%)`` line in place on a terminal (at most five times
+a second), and on a pipe or a CI log prints a full line at most every ``every_s`` seconds
+plus one at the end, so logs stay short. ``enabled=False`` prints nothing at all.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+__all__ = ["Progress", "have_tqdm"]
+
+
+def have_tqdm() -> bool:
+    """True when the optional tqdm package can be imported."""
+    try:
+        import tqdm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class Progress:
+    """A counter shown on stderr while long work runs.
+
+    Args:
+        total: the count at which the work is done (None when unknown).
+        enabled: False shows nothing (``--no-progress``).
+        desc: what is being counted, e.g. ``"make-dataset data/demo"``.
+        unit: tqdm's unit label ("img", "batch", "step").
+        fallback: without tqdm, show the plain line (False: show nothing, for work that
+            already logs its own progress lines).
+        every_s: seconds between plain lines when stderr is not a terminal.
+    """
+
+    def __init__(self, total: int | None, enabled: bool = True, desc: str = "",
+                 unit: str = "it", fallback: bool = True, every_s: float = 5.0):
+        self.total, self.desc, self.unit = total, desc, unit
+        self.done = 0
+        self._bar = None
+        self._plain = False
+        self._tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
+        self._every_s = 0.2 if self._tty else every_s
+        self._last = time.monotonic()
+        if not enabled:
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            self._plain = fallback
+        else:
+            self._bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr,
+                             dynamic_ncols=True, leave=True)
+
+    @property
+    def uses_tqdm(self) -> bool:
+        return self._bar is not None
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+        elif self._plain:
+            now = time.monotonic()
+            if now - self._last >= self._every_s or self.done == self.total:
+                self._last = now
+                self._line()
+
+    def _line(self) -> None:
+        if self.total:
+            text = f"{self.desc}: {self.done}/{self.total} ({100.0 * self.done / self.total:3.0f}%)"
+        else:
+            text = f"{self.desc}: {self.done} {self.unit}"
+        sys.stderr.write(f"\r{text}" if self._tty else f"{text}\n")
+        sys.stderr.flush()
+
+    def write(self, line: str) -> None:
+        """Print a log line to stdout without breaking the bar."""
+        if self._bar is not None:
+            self._bar.write(line, file=sys.stdout)
+        else:
+            print(line, flush=self._plain)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        elif self._plain:
+            if self.done != self.total and self.done:
+                self._line()  # the last count, when update() did not just print it
+            if self._tty:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+            self._plain = False
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
