@@ -62,10 +62,14 @@ def _reduce_tensor(t):
 def _rebuild_tensor(buf, dtype: str, shape: tuple, requires_grad: bool):
     import torch
 
+    kind = getattr(torch, dtype, None) if isinstance(dtype, str) else None
+    if not isinstance(kind, torch.dtype):
+        raise ValueError(f"tensor descriptor names dtype {dtype!r}, which is not a torch dtype; "
+                         "corrupt message")
     raw = np.frombuffer(buf, dtype=np.uint8)
     if not raw.flags.writeable:  # in-band bytes: torch refuses read-only memory
         raw = raw.copy()
-    t = torch.from_numpy(raw).view(getattr(torch, dtype)).reshape(shape)
+    t = torch.from_numpy(raw).view(kind).reshape(shape)
     if requires_grad:
         t.requires_grad_(True)
     return t

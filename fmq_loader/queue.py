@@ -385,10 +385,30 @@ class Queue:
                 f"slabs={self._arena.num_slabs}{' closed' if self._local.closed else ''}>")
 
 
+def _corrupt(msg, what: str) -> ValueError:
+    return ValueError(f"the queue's pipe carried a corrupt message ({len(msg)} bytes): {what}; "
+                      "only this queue's own processes may write to it (see the trust model in "
+                      "fmq_loader/queue.py)")
+
+
 def _rebuild(arena: SlabArena, msg: bytes):
-    """Rebuild one item from its message (runs in the stealer thread; holds no Queue)."""
+    """Rebuild one item from its message (runs in the stealer thread; holds no Queue).
+
+    Every field is checked before it is used: kind, counts and lengths against the
+    message, slab index, claim and offsets against the arena (in ``lease``), so a
+    corrupt descriptor raises ``ValueError`` instead of reading outside its slab.
+    """
+    if len(msg) < _HEADER.size:
+        raise _corrupt(msg, f"shorter than the {_HEADER.size}-byte header")
     kind, slab, nbuf, nstream = _HEADER.unpack_from(msg, 0)
+    if kind not in (INLINE, SLAB, PIPE):
+        raise _corrupt(msg, f"kind must be 0, 1 or 2, got {kind}")
     pos = _HEADER.size
+    body = pos + nbuf * _ENTRY.size + nstream
+    if body > len(msg) or (kind != PIPE and body != len(msg)):
+        raise _corrupt(msg, f"header announces {nbuf} buffers and a {nstream:,}-byte stream")
+    if (kind == INLINE) != (nbuf == 0) or (kind != SLAB and slab != -1):
+        raise _corrupt(msg, f"kind {kind} with {nbuf} buffers and slab {slab}")
     table = [_ENTRY.unpack_from(msg, pos + i * _ENTRY.size) for i in range(nbuf)]
     pos += nbuf * _ENTRY.size
     view = memoryview(msg)
@@ -400,12 +420,10 @@ def _rebuild(arena: SlabArena, msg: bytes):
         token = arena.lease(slab, end)
         buffers = [np.frombuffer(token, np.uint8, n, off) for off, n in table]
         return codec.decode(stream, buffers)
-    if kind == PIPE:
-        data = view[pos + nstream:]
-        if any(off + n > len(data) for off, n in table):
-            raise ValueError("message's buffer table points past its data; corrupt message")
-        return codec.decode(stream, [bytearray(data[off:off + n]) for off, n in table])
-    raise ValueError(f"message kind must be 0, 1 or 2, got {kind}; corrupt message")
+    data = view[pos + nstream:]
+    if any(off + n > len(data) for off, n in table):
+        raise _corrupt(msg, "its buffer table points past its data")
+    return codec.decode(stream, [bytearray(data[off:off + n]) for off, n in table])
 
 
 def _pid_alive(pid: int) -> bool:

@@ -7,9 +7,13 @@ mapping are gone. Child processes receive the descriptors when the arena is
 pickled for them by ``multiprocessing`` (fork inherits them; spawn and
 forkserver get them through ``multiprocessing.reduction.DupFd``).
 
-A slab is sparse when created and grows (``ftruncate``) to the largest item
-ever laid into it, rounded up to ``GROW_STEP_BYTES``; it never shrinks, so a
-mapping made earlier stays valid. Writing into pages touched before costs no page
+A slab is empty when created and grows to the largest item ever laid into it,
+rounded up to ``GROW_STEP_BYTES``; it never shrinks, so a mapping made earlier
+stays valid. Growing reserves the pages at once (``posix_fallocate``) after
+checking that the whole arena would fit in the memory left (``MemAvailable``,
+and the cgroup limit if any): memfd pages come from RAM, not from /dev/shm, so
+"/dev/shm full -> bus error" becomes "memory short -> ``BatchTooLarge`` on the
+first batch", naming the bytes needed, the bytes available and what to lower. Writing into pages touched before costs no page
 fault, which is where the speed comes from (DESIGN.md: "Reuse memory").
 
 Control block (one more memfd, ``2 * num_slabs`` int64 words)::
@@ -26,6 +30,7 @@ semaphore once the last view of the item laid in it has been garbage-collected
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import weakref
@@ -34,7 +39,9 @@ from multiprocessing import reduction
 
 import numpy as np
 
-__all__ = ["SlabArena", "GROW_STEP_BYTES"]
+from .errors import BatchTooLarge
+
+__all__ = ["SlabArena", "GROW_STEP_BYTES", "available_memory"]
 
 GROW_STEP_BYTES = 1 << 20  # slabs grow in 1 MiB steps
 ALIGN_BYTES = 64  # each buffer in a slab starts on a cache line
@@ -82,6 +89,7 @@ class SlabArena:
         self._state = words[: self.num_slabs]
         self._sizes = words[self.num_slabs :]
         self._maps: dict[int, tuple[mmap.mmap, int]] = {}
+        self._leased: set[int] = set()  # slabs this process (the consumer) holds views of
         self._closed = False
 
     # -- pickling: only while spawning a child, like multiprocessing's own objects
@@ -127,13 +135,38 @@ class SlabArena:
             self._state[slab] = 1
         try:
             if self._sizes[slab] < nbytes:
-                size = -(-nbytes // GROW_STEP_BYTES) * GROW_STEP_BYTES
-                os.ftruncate(self._fds[slab], size)
-                self._sizes[slab] = size
+                self._grow(slab, -(-nbytes // GROW_STEP_BYTES) * GROW_STEP_BYTES, nbytes)
         except BaseException:
             self.release(slab)
             raise
         return slab
+
+    def _grow(self, slab: int, size: int, nbytes: int) -> None:
+        """Grow ``slab`` to ``size`` bytes, with its pages reserved now.
+
+        Checked first against the memory this process may still use: the whole
+        arena (every slab as large as the largest item, the bound the
+        configuration allows) must fit, so a too-large configuration fails on
+        its first batch with ``BatchTooLarge`` rather than later. Then the pages
+        are reserved with ``posix_fallocate``: a failure is a clean ENOMEM/ENOSPC
+        here, not a SIGBUS when the producer writes into a page that cannot be had.
+        """
+        old = int(self._sizes[slab])
+        current = int(self._sizes.sum())
+        arena = self.num_slabs * max(size, int(self._sizes.max()))
+        free, where = available_memory()
+        if free is not None and max(size - old, arena - current) > free:
+            raise BatchTooLarge(_budget_message(nbytes, size - old, arena, current, free, where,
+                                                self.num_slabs))
+        try:
+            os.posix_fallocate(self._fds[slab], 0, size)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                os.ftruncate(self._fds[slab], size)  # no reservation possible: sparse as before
+            else:
+                raise BatchTooLarge(_budget_message(nbytes, size - old, arena, current, free, where,
+                                                    self.num_slabs, exc)) from exc
+        self._sizes[slab] = size
 
     def writable(self, slab: int) -> memoryview:
         """A writable byte view of the whole of ``slab`` in this process."""
@@ -159,8 +192,13 @@ class SlabArena:
         if not 0 <= slab < self.num_slabs or end < 0:
             raise ValueError(f"descriptor names slab {slab} / end {end}, outside the arena of "
                              f"{self.num_slabs} slabs; the queue's pipe carried a corrupt message")
+        if self._state[slab] != 1 or slab in self._leased:
+            raise ValueError(f"descriptor names slab {slab}, which no producer claimed for it "
+                             f"({'already held by an earlier item' if slab in self._leased else 'free'}); "
+                             "the queue's pipe carried a corrupt or repeated message")
         mapping = self._mapping(slab, end)
         token = np.frombuffer(mapping, dtype=np.uint8, count=end)
+        self._leased.add(slab)
         weakref.finalize(token, _release_slab, weakref.ref(self), slab)
         return token
 
@@ -205,9 +243,82 @@ class SlabArena:
         self._ctrl_fd = None
 
 
+_NO_LIMIT = 1 << 60  # cgroup files write "max" (v2) or a huge number (v1) for no limit
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _cgroup_headroom() -> tuple[int, str] | None:
+    """Bytes left under this process's cgroup memory limit, or None without a limit."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # cgroup v2
+            pairs = [(f"/sys/fs/cgroup{path.rstrip('/')}/memory.max",
+                      f"/sys/fs/cgroup{path.rstrip('/')}/memory.current")]
+        elif "memory" in controllers.split(","):  # cgroup v1 (the mount may show only our own group)
+            pairs = [(f"/sys/fs/cgroup/memory{d}/memory.limit_in_bytes",
+                      f"/sys/fs/cgroup/memory{d}/memory.usage_in_bytes")
+                     for d in dict.fromkeys((path.rstrip("/"), ""))]
+        else:
+            continue
+        for limit_path, usage_path in pairs:
+            limit, usage = _read_int(limit_path), _read_int(usage_path)
+            if limit is not None and usage is not None and limit < _NO_LIMIT:
+                return max(0, limit - usage), f"cgroup limit {limit_path} minus usage"
+    return None
+
+
+def available_memory() -> tuple[int | None, str]:
+    """Bytes this process can still get, and where the figure comes from.
+
+    The smaller of ``MemAvailable`` in /proc/meminfo and the room left under a
+    cgroup memory limit (v2 ``memory.max - memory.current``, v1
+    ``memory.limit_in_bytes - memory.usage_in_bytes``). ``(None, reason)`` when
+    neither can be read (not Linux).
+    """
+    best: tuple[int | None, str] = (None, "no /proc/meminfo")
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    best = (int(line.split()[1]) * 1024, "MemAvailable in /proc/meminfo")
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    room = _cgroup_headroom()
+    if room is not None and (best[0] is None or room[0] < best[0]):
+        best = room
+    return best
+
+
+def _budget_message(nbytes: int, grow: int, arena: int, current: int, free: int | None,
+                    where: str, num_slabs: int, exc: OSError | None = None) -> str:
+    need = max(grow, arena - current)
+    why = (f"the kernel refused to reserve {grow:,} more bytes ({exc.strerror})" if exc is not None
+           else f"only {free:,} bytes are available ({where})")
+    return (f"an item of {nbytes:,} bytes needs shared memory the machine cannot give: "
+            f"{num_slabs} slabs of up to {max(arena // num_slabs, 1):,} bytes each is "
+            f"{arena:,} bytes, {need:,} more than the {current:,} already reserved, but {why}. "
+            "Lower batch_size (or the size of a sample), prefetch_factor or num_workers, or "
+            "extra_slabs (FMQLoader) / num_slabs (Queue); or free memory / raise the cgroup limit")
+
+
 def _release_slab(arena_ref: weakref.ref, slab: int) -> None:
     arena = arena_ref()
     if arena is not None:
+        arena._leased.discard(slab)  # first: a producer may claim the slab the moment it is free
         try:
             arena.release(slab)
         except Exception:  # interpreter shutdown: the semaphore may already be gone
