@@ -177,9 +177,25 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     extra = [f"bench.batches={args.batches}"] if args.batches is not None else []
     if args.data is not None:
         extra.append(f"dataset.root={args.data}")
+    if args.plot is not None:
+        from fmq_loader.bench.plot import PlotUnavailable, require_matplotlib
+
+        try:
+            require_matplotlib()
+        except PlotUnavailable as exc:
+            raise UsageError(str(exc)) from None
+        folder = os.path.dirname(os.path.abspath(args.plot))
+        if not os.path.isdir(folder):
+            raise UsageError(f"--plot {args.plot!r}: folder {folder!r} does not exist; create "
+                             "it or write the chart elsewhere")
+    elif args.workers is not None:
+        raise UsageError("--workers is for the --plot sweep; add --plot FILE.png, or set "
+                         "one count with --set loader.num_workers=N")
     cfg = _load(args, extra)
     dataset = _dataset(cfg, progress=not args.no_progress)
     n = cfg.bench.batches
+    if args.plot is not None:
+        return _bench_plot(args, cfg, dataset, n)
     if not args.json:
         print(_describe(cfg, dataset) + f"; {n} timed batches per loader")
     results = {}
@@ -272,6 +288,56 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_plot(args: argparse.Namespace, cfg, dataset, n: int) -> int:
+    """bench --plot: images/s for each loader at each --workers count, a table and a chart."""
+    import platform
+
+    import torch
+
+    from fmq_loader.bench.plot import plot_workers
+    from fmq_loader.build import loader_from_config, torch_loader_from_config
+    from fmq_loader.demo import time_loader
+    from fmq_loader.progress import Progress
+
+    workers = args.workers or list(range(1, min(4, 2 * (os.cpu_count() or 1)) + 1))
+    series: dict[str, dict[int, float]] = {_LOADER_NAMES[k]: {} for k in args.loaders}
+    if not args.json:
+        print(_describe(cfg, dataset) + f"; {n} timed batches per loader and worker count")
+    bar = Progress(n * len(workers) * len(args.loaders), not args.no_progress, "bench --plot",
+                   unit="batch")
+    try:
+        for w in workers:
+            for kind in args.loaders:
+                make = loader_from_config if kind == "fmq" else torch_loader_from_config
+                loader = make(dataset, cfg, num_workers=w)
+                try:
+                    r = time_loader(loader, n, progress=lambda _: bar.update())
+                finally:
+                    _close(loader)
+                series[_LOADER_NAMES[kind]][w] = r.images_per_s
+    finally:
+        bar.close()
+    ld = cfg.loader
+    note = (f"{os.cpu_count()} cores ({platform.machine()}), Python "
+            f"{platform.python_version()}, torch {torch.__version__}; {len(dataset)} images, "
+            f"batch {ld.batch_size}, {n} timed batches per point\n"
+            f"fmq-loader bench -c {cfg.source} --plot FILE.png --workers "
+            + ",".join(map(str, workers)))
+    plot_workers(series, args.plot, title=f"images/s against num_workers ({cfg.source})",
+                 note=note)
+    if args.json:
+        print(json.dumps({"config": cfg.source, "images": len(dataset), "plot": args.plot,
+                          "images_per_s": {k: {str(w): v for w, v in s.items()}
+                                           for k, s in series.items()}}, indent=2))
+        return 0
+    names = list(series)
+    print(f"{'num_workers':>11}" + "".join(f"{name:>18}" for name in names))
+    for w in workers:
+        print(f"{w:>11}" + "".join(f"{series[name][w]:>18.1f}" for name in names))
+    print(f"wrote {args.plot}")
+    return 0
+
+
 def _cmd_show_config(args: argparse.Namespace) -> int:
     from fmq_loader.config import dump_config
 
@@ -361,6 +427,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=_positive_int, metavar="N", help="sets bench.batches")
     p.add_argument("--data", metavar="DIR", help="sets dataset.root")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="sweep num_workers (--workers) for each loader and draw images/s "
+                        "against num_workers as a PNG (needs matplotlib: pip install "
+                        "\"fmq-loader[plot]\")")
+    p.add_argument("--workers", type=_int_list, metavar="LIST",
+                   help="num_workers values for --plot (default 1,2,... up to 4, at most twice "
+                        "the cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=_cmd_bench)
 

@@ -15,6 +15,7 @@ first batch of epoch 2). Before the timed ``next()`` the loop computes for 0.5 s
 
     python -m fmq_loader.bench loader [--quick] [--images N] [--runs R] [--json]
         [--fmq-pipeline imagefolder]   # FMQLoader + ImageFolder against DataLoader + the plain Dataset
+        [--plot FILE.png --workers 1,2,3,4]   # images/s against num_workers, both loaders, a chart
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["PlainJPEGDataset", "main", "run"]
+__all__ = ["PlainJPEGDataset", "main", "run", "sweep"]
 
 
 class PlainJPEGDataset(torch.utils.data.Dataset):
@@ -203,6 +204,39 @@ def report(res: dict) -> str:
     return "\n".join(lines)
 
 
+def sweep(root: str, workers, runs: int, **kw) -> dict:
+    """``run()`` once per num_workers: {num_workers: run()'s result}."""
+    return {w: run(root, runs, num_workers=w, **kw) for w in workers}
+
+
+def _plot(args, root: str, workers) -> int:
+    import platform
+
+    from fmq_loader.bench.plot import plot_workers
+
+    res = sweep(root, workers, args.runs, batch_size=args.batch_size, ctx=args.context,
+                fmq_pipeline=args.fmq_pipeline, decoder=args.decoder)
+    series = {"FMQLoader": {w: r["fmq"]["images_per_s"] for w, r in res.items()},
+              "torch DataLoader": {w: r["torch"]["images_per_s"] for w, r in res.items()}}
+    if args.json:
+        print(json.dumps({str(w): r for w, r in res.items()}, indent=2))
+    else:
+        print(f"{'num_workers':>11} {'torch DataLoader':>17} {'FMQLoader':>10} {'fmq/torch':>10}")
+        for w in workers:
+            t, f = series["torch DataLoader"][w], series["FMQLoader"][w]
+            print(f"{w:>11} {t:>17.0f} {f:>10.0f} {f / t if t else float('nan'):>9.2f}x")
+    images = next(iter(res.values()))["images"]
+    pipeline = "FMQLoader + ImageFolder" if args.fmq_pipeline == "imagefolder" else "same Dataset"
+    note = (f"{os.cpu_count()} cores ({platform.machine()}), Python {platform.python_version()}, "
+            f"torch {torch.__version__}; {images} JPEGs 500x375 -> 224, batch {args.batch_size}, "
+            f"{pipeline}; median of {args.runs} run(s)\n"
+            f"python -m fmq_loader.bench loader --plot FILE.png --workers {args.workers}"
+            + (f" --fmq-pipeline {args.fmq_pipeline}" if args.fmq_pipeline != "plain" else ""))
+    plot_workers(series, args.plot, title="images/s against num_workers", note=note)
+    print(f"wrote {args.plot}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m fmq_loader.bench loader", description=__doc__.split("\n")[0])
     p.add_argument("--root", help="image folder (default: generate one under the temp dir)")
@@ -219,8 +253,26 @@ def main(argv=None) -> int:
                    help="ImageFolder's decoder with --fmq-pipeline imagefolder (default auto)")
     p.add_argument("--soak", type=int, metavar="EPOCHS",
                    help="instead: FMQLoader alone for EPOCHS persistent epochs; print RSS, fds, slab MiB")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="instead: images/s against num_workers (--workers) for both loaders, "
+                        "as a table and a PNG chart (needs matplotlib)")
+    p.add_argument("--workers", default="1,2,3,4", metavar="LIST",
+                   help="num_workers values for --plot (default 1,2,3,4)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.plot:
+        from fmq_loader.bench.plot import PlotUnavailable, require_matplotlib
+
+        try:
+            require_matplotlib()
+        except PlotUnavailable as exc:
+            p.error(str(exc))
+        try:
+            workers = sorted({int(w) for w in args.workers.split(",")})
+        except ValueError:
+            workers = [0]
+        if workers[0] < 1:
+            p.error(f"--workers must be a comma-separated list of ints >= 1, got {args.workers!r}")
     if args.quick:
         args.images, args.runs = 640, 1
     root = args.root
@@ -234,6 +286,8 @@ def main(argv=None) -> int:
         for row in soak(root, args.soak, args.batch_size, args.num_workers):
             print("epoch %3d  main RSS %6.1f MiB  open fds %3d  slabs %5.1f MiB" % row)
         return 0
+    if args.plot:
+        return _plot(args, root, workers)
     res = run(root, args.runs, args.batch_size, args.num_workers, ctx=args.context,
               fmq_pipeline=args.fmq_pipeline, decoder=args.decoder)
     print(json.dumps(res, indent=2) if args.json else report(res))
