@@ -41,12 +41,14 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
-from torch.utils.data import (BatchSampler, IterableDataset, RandomSampler, Sampler,
-                              SequentialSampler)
+from torch.utils.data import (BatchSampler, DistributedSampler, IterableDataset, RandomSampler,
+                              Sampler, SequentialSampler)
 
 from .collate import default_collate, default_convert
+from .distributed import EpochOrder, detect_rank
 from .epoch import PullEpoch, PushEpoch, pin
 from .pool import ProducerPool
+from .resume import EpochProgress, loader_state, parse_state
 from .stats import LoaderStats, Meter
 from .worker import load_batch
 
@@ -83,8 +85,17 @@ class FMQLoader:
         extra_slabs: shared-memory slabs beyond ``prefetch_factor * num_workers``
             for batches your loop still holds (default 4). A batch you keep stays
             valid; if you keep more, later batches travel through a pipe (slower).
-        seed: if set, the per-epoch worker seeds come from ``seed`` and the epoch
-            number instead of from ``generator`` / torch's global RNG.
+        seed: if set, each epoch's sample seeds come from ``seed`` and the epoch
+            index (``set_epoch``'s value, else the count of epochs begun) instead of
+            from ``generator`` / torch's global RNG, so batches are the same for any
+            ``num_workers`` and start method; with ``shuffle=True`` and no
+            ``generator``, the order is drawn from ``seed + epoch`` too (as
+            DistributedSampler does), which ``state_dict()`` needs to resume.
+        distributed: shard the dataset across ``torch.distributed`` ranks the way
+            ``DistributedSampler`` does (padding, or with ``drop_last`` cutting, to a
+            multiple of the world size); rank and world size come from the
+            initialised process group or torchrun's RANK / WORLD_SIZE. The epoch
+            advances by itself unless you call ``set_epoch``.
         prefetch_next_epoch: with ``persistent_workers``, start the next epoch's
             batches while this one ends (default True; off when the sampler,
             batch sampler or dataset has ``set_epoch``).
@@ -101,7 +112,8 @@ class FMQLoader:
                  generator: torch.Generator | None = None, *, prefetch_factor: int | None = None,
                  persistent_workers: bool = False, pin_memory_device: str = "",
                  in_order: bool = True, extra_slabs: int = 4, seed: int | None = None,
-                 prefetch_next_epoch: bool = True, log_every_s: float | None = None) -> None:
+                 prefetch_next_epoch: bool = True, log_every_s: float | None = None,
+                 distributed: bool = False) -> None:
         if not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError("num_workers option should be non-negative; use num_workers=0 to "
                              f"disable multiprocessing, got {num_workers!r}")
@@ -139,6 +151,29 @@ class FMQLoader:
         elif batch_size is None and drop_last:
             raise ValueError("batch_size=None option disables auto-batching and is mutually "
                              "exclusive with drop_last")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+            raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+        order = None  # the loader's own order, shuffled from (seed, epoch): distributed.py
+        if distributed:
+            if iterable:
+                raise ValueError("distributed=True shards a map-style dataset's indices; an "
+                                 "IterableDataset must shard itself (e.g. by "
+                                 "torch.distributed.get_rank() in __iter__); use distributed=False")
+            if sampler is not None or batch_sampler is not None:
+                raise ValueError("distributed=True builds its own sharded sampler, so it is "
+                                 "mutually exclusive with sampler and batch_sampler; pass "
+                                 "sampler=DistributedSampler(...) instead if you need your own")
+            if generator is not None:
+                raise ValueError("distributed=True shuffles from seed + epoch, as "
+                                 "DistributedSampler does; pass seed= instead of generator=")
+            rank, world = detect_rank()
+            order = EpochOrder(dataset, shuffle=shuffle, seed=0 if seed is None else seed,
+                               num_replicas=world, rank=rank, drop_last=drop_last,
+                               on_set_epoch=self.set_epoch)
+        elif sampler is None and shuffle and seed is not None and generator is None and not iterable:
+            order = EpochOrder(dataset, shuffle=True, seed=seed, on_set_epoch=self.set_epoch)
+        if order is not None:
+            sampler = order
         if sampler is None:
             if iterable:
                 sampler = _InfiniteIndices()
@@ -188,6 +223,18 @@ class FMQLoader:
         self._pools: set = set()
         self._epoch_open = False  # a persistent epoch was started and not finished
         self._epoch_set = False  # set_epoch() was called: seeds follow it, no prefetch
+        self._order = order
+        self._bound_index_sampler = None  # this epoch's batches of the loader's own order
+        # Different ranks get different sample seeds (else rank r's k-th sample would
+        # get the same augmentation on every rank).
+        dist_sampler = sampler if isinstance(sampler, (EpochOrder, DistributedSampler)) else \
+            getattr(batch_sampler, "sampler", None)
+        self._seed_rank = getattr(dist_sampler, "rank", 0) if isinstance(
+            dist_sampler, (EpochOrder, DistributedSampler)) else 0
+        self._drawn: EpochProgress | None = None  # set by each _draw_base_seed
+        self._progress: EpochProgress | None = None  # the epoch iter() last started
+        self._prefetched_progress: EpochProgress | None = None
+        self._resume = None  # a position load_state_dict() restored, for the next iter()
         self._finalizer = weakref.finalize(self, _close_pools, self._pools)
         self._stats_pool: ProducerPool | None = None  # the pool whose workers stats() shows
         if log_every_s is not None and not log_every_s > 0:
@@ -217,6 +264,8 @@ class FMQLoader:
     # -- torch-compatible surface ------------------------------------------------
     @property
     def _index_sampler(self):
+        if self._bound_index_sampler is not None:  # the latest epoch's (seed, epoch) order
+            return self._bound_index_sampler
         return self.batch_sampler if self.auto_collation else self.sampler
 
     def __len__(self) -> int:
@@ -238,14 +287,26 @@ class FMQLoader:
         """The sampler, batch sampler, its sampler and dataset that have ``set_epoch``."""
         candidates = (self.sampler, self.batch_sampler,
                       getattr(self.batch_sampler, "sampler", None), self.dataset)
-        return [obj for obj in candidates if callable(getattr(obj, "set_epoch", None))]
+        return [obj for obj in candidates
+                if callable(getattr(obj, "set_epoch", None)) and obj is not self._order]
 
     def _draw_base_seed(self) -> int:
+        """Begin an epoch: its base seed; binds its order and records it in ``_drawn``."""
+        resume, self._resume = self._resume, None
+        if resume is not None:
+            self._iterations = resume.iterations
+        # With set_epoch the epoch number alone picks the seeds and the loader's own
+        # order (a restarted run repeats them); without it, the count of epochs begun.
+        epoch = self._epoch if self._epoch_set else self._iterations
+        self._drawn = EpochProgress(epoch, self._iterations, resume.batches if resume else 0,
+                                    getattr(self.sampler, "epoch", None))
+        if self._order is not None:
+            bound = self._order.for_epoch(epoch)
+            self._bound_index_sampler = (BatchSampler(bound, self.batch_size, self.drop_last)
+                                         if self.auto_collation else bound)
         if self.seed is not None:
-            # With set_epoch the epoch number alone picks the seeds (a resumed run
-            # repeats them); without it, the count of iterations does.
             state = np.random.SeedSequence(
-                [self.seed, self._epoch if self._epoch_set else self._iterations])
+                [self.seed, epoch] + ([self._seed_rank] if self._seed_rank else []))
             base_seed = int(state.generate_state(1, np.uint64)[0] >> np.uint64(1))
         elif self.persistent_workers and self._first_base_seed is not None:
             # As torch: a persistent iterator draws from the generator only once, so a
@@ -261,14 +322,20 @@ class FMQLoader:
     def __iter__(self):
         if self._closed:
             raise RuntimeError("this FMQLoader is closed; create a new one to iterate again")
+        if self._resume is not None:
+            self._resume.check(self)  # before any worker starts
         if self.num_workers == 0:
-            return _metered(self._meter, _single_process_iter(self, self._draw_base_seed()))
+            base_seed = self._draw_base_seed()
+            inner = _single_process_iter(self, base_seed, self._index_sampler, self._drawn)
+            self._track(inner)
+            return _metered(self._meter, inner)
         if not self.persistent_workers:
             # As torch: each iterator has its own workers, for as long as it lives.
             pool = self._new_pool()
             it = (PushEpoch(self, pool, self._draw_base_seed()) if self._iterable
-                  else PullEpoch(self, pool, self._draw_base_seed()))
+                  else PullEpoch(self, pool, self._draw_base_seed(), start=self._drawn.start))
             weakref.finalize(it, _close_pool, self._pools, pool)
+            self._track(it)
             return it
         current = self._current() if self._current is not None else None
         if current is not None:
@@ -281,11 +348,14 @@ class FMQLoader:
             if self._epoch_open:  # the user left the last one early: drop its remaining tasks
                 self._pool.skip_below(it._first)
             it.adopt(self)
+            self._progress, self._prefetched_progress = self._prefetched_progress, None
         else:
             if self._epoch_open:
                 self._pool.skip_below(self._pool.next_seq)
             it = (PushEpoch(self, self._pool, self._draw_base_seed()) if self._iterable
-                  else PullEpoch(self, self._pool, self._draw_base_seed()))
+                  else PullEpoch(self, self._pool, self._draw_base_seed(),
+                                 start=self._drawn.start))
+            self._track(it)
         self._epoch_open = True
         self._current = weakref.ref(it)
         return it
@@ -301,10 +371,17 @@ class FMQLoader:
         """
         if not (self.persistent_workers and self.prefetch_next_epoch) or self._pool is None:
             return None
-        if self._epoch_set or self._epoch_aware():
+        if self._epoch_set or self._epoch_aware() or self._resume is not None:
             return None
         self._prefetched = PullEpoch(self, self._pool, self._draw_base_seed(), current=False)
+        self._prefetched_progress = self._drawn
+        self._drawn.ref = weakref.ref(self._prefetched)
         return self._prefetched
+
+    def _track(self, it) -> None:
+        """``it`` is the epoch iter() just started: state_dict() reports its progress."""
+        self._drawn.ref = weakref.ref(it)
+        self._progress = self._drawn
 
     def _new_pool(self) -> ProducerPool:
         pool = ProducerPool(
@@ -319,6 +396,9 @@ class FMQLoader:
 
     def _end_epoch(self, it, clean: bool) -> None:
         """``it`` ran to its end (``clean``) or raised; release what it no longer needs."""
+        progress = self._progress
+        if clean and progress is not None and progress.ref is not None and progress.ref() is it:
+            progress.finished = True
         if not self.persistent_workers:
             _close_pool(self._pools, it._pool)
             return
@@ -356,6 +436,34 @@ class FMQLoader:
 
     def _log_stats(self) -> None:
         stats_logger.info("fmq_loader: %s", self.stats().summary())
+
+    def state_dict(self) -> dict:
+        """The position to resume from: the epoch in progress and how many batches it handed out.
+
+        Also holds the dataset length, batch size, seed and sampler settings, which
+        ``load_state_dict`` checks. Needs ``seed`` and a reproducible order (see
+        resume.py); raises ``ValueError`` saying what to change otherwise.
+        """
+        return loader_state(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Make the next ``iter()`` yield exactly the rest of the saved epoch, then carry on.
+
+        Raises:
+            ValueError: ``state`` is from a loader with another dataset length, batch
+                size, seed or sampler (named in the message), or this loader cannot resume.
+        """
+        resume = parse_state(self, state)
+        current = self._current() if self._current is not None else None
+        if current is not None:  # an epoch begun before the load yields no more
+            current.detach()
+        if self._pool is not None:  # drop its tasks (and a prefetched epoch's) at the next iter()
+            self._prefetched, self._prefetched_progress, self._epoch_open = None, None, True
+        self._progress = None
+        self._iterations = state["epochs_begun"]
+        self._epoch_set = state["set_epoch"] is not None
+        self._epoch = state["set_epoch"] if self._epoch_set else self._epoch
+        self._resume = resume
 
     def close(self) -> None:
         """Stop workers and release shared memory; idempotent. Batches you hold stay valid."""
@@ -412,7 +520,8 @@ def _own_rng_state():
         torch.set_rng_state(states[2])
 
 
-def _single_process_iter(loader: FMQLoader, base_seed: int):
+def _single_process_iter(loader: FMQLoader, base_seed: int, index_sampler=None,
+                         progress: EpochProgress | None = None):
     """num_workers=0: load in this process, same semantics as the worker path.
 
     Yields ``(samples in the batch, batch)``; ``_metered`` passes the batch on.
@@ -433,7 +542,10 @@ def _single_process_iter(loader: FMQLoader, base_seed: int):
                 yield 1, pin(batch, loader.pin_memory_device) if loader.pin_memory else batch
         return
     position = 0  # each sample seeded from its place in the epoch, as in the workers
-    for indices in loader._index_sampler:
+    batches = iter(loader._index_sampler if index_sampler is None else index_sampler)
+    for indices in itertools.islice(batches, progress.start if progress is not None else 0):
+        position += len(indices) if loader.auto_collation else 1  # resume: skip what was seen
+    for indices in batches:
         with _own_rng_state():  # the training loop's RNG streams are not disturbed
             samples = load_batch(dataset, indices, loader.auto_collation, base_seed, position)
         if loader.auto_collation:
@@ -445,5 +557,9 @@ def _single_process_iter(loader: FMQLoader, base_seed: int):
         else:
             position += 1
             batch = collate(samples)
+        if progress is not None:
+            progress.count += 1
         yield (len(indices) if loader.auto_collation else 1,
                pin(batch, loader.pin_memory_device) if loader.pin_memory else batch)
+    if progress is not None:
+        progress.finished = True
