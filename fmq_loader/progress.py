@@ -41,7 +41,8 @@ class Progress:
         self.total, self.desc, self.unit = total, desc, unit
         self.done = 0
         self._bar = None
-        self._plain = False
+        self._tqdm = None  # the bar is made at the first update(), so work that fails
+        self._plain = False  # before doing anything leaves no empty bar behind
         self._tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
         self._every_s = 0.2 if self._tty else every_s
         self._last = time.monotonic()
@@ -52,16 +53,21 @@ class Progress:
         except ImportError:
             self._plain = fallback
         else:
-            self._bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr,
-                             dynamic_ncols=True, leave=True)
+            self._tqdm = tqdm
 
     @property
     def uses_tqdm(self) -> bool:
-        return self._bar is not None
+        return self._tqdm is not None
+
+    def _open_bar(self):
+        if self._bar is None and self._tqdm is not None:
+            self._bar = self._tqdm(total=self.total, desc=self.desc, unit=self.unit,
+                                   file=sys.stderr, dynamic_ncols=True, leave=True)
+        return self._bar
 
     def update(self, n: int = 1) -> None:
         self.done += n
-        if self._bar is not None:
+        if self._open_bar() is not None:
             self._bar.update(n)
         elif self._plain:
             now = time.monotonic()
@@ -79,12 +85,13 @@ class Progress:
 
     def write(self, line: str) -> None:
         """Print a log line to stdout without breaking the bar."""
-        if self._bar is not None:
+        if self._open_bar() is not None:
             self._bar.write(line, file=sys.stdout)
         else:
             print(line, flush=self._plain)
 
     def close(self) -> None:
+        self._tqdm = None
         if self._bar is not None:
             self._bar.close()
             self._bar = None
