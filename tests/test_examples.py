@@ -17,6 +17,8 @@ CASES = {
     "minimal_loop.py": ([], r"1 \(16, 3, 64, 64\) \["),
     "custom_dataset.py": ([], r"2048 signals in 16 batches; last batch \(128, 4096\)"),
     "iterable_stream.py": ([], r"1000 records, each exactly once, from 2 workers"),
+    # alone, a world of one (~7 s); under torchrun in tests/test_distributed.py (slow)
+    "ddp_train.py": ([], r"epoch 2: 64 batches per rank, .*\ndone: 1 rank\(s\), final loss 0\.00"),
     # ~11 s and ~3.6 GB of RAM on 2 cores (ten 150 MB arrays per queue): `make test-slow`
     "seed_speed.py": ([], r"first get\(\): fmq_loader\.Queue .* vs mp\.Queue"),
 }
