@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo seed-demo test test-slow venv clean
+.PHONY: demo seed-demo test test-slow test-matrix venv clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m slow
+
+# The full exit matrix (240 cases, about 10 minutes on 2 cores); `make test` runs a slice.
+test-matrix: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_exit_matrix.py -m "slow or not slow"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

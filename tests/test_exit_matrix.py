@@ -1,0 +1,321 @@
+"""Exit matrix: every way a training script can end, in every loader configuration.
+
+{map-style, iterable} x {1, 2 workers} x {fork, spawn, forkserver} x
+{persistent, not} x {run to the end, break early, exception in the loop, worker
+raises, worker SIGKILL, worker SIGSEGV, SIGINT to the main process, SIGTERM to
+the main process, del without close(), interpreter exit holding an iterator}.
+
+Each case runs tests/_exit_case.py in a new session (so the whole process tree
+can be found, and killed, by session id) under a hard timeout, then checks:
+
+- it ended within a bound (and within a bound of the signal, for the signal cases);
+- no process of its session is left (workers, forkserver, resource tracker)
+  a few seconds after it ended;
+- nothing new of its own is in /dev/shm (fmq* entries, or its semaphores);
+- stderr is empty, or holds exactly the expected error.
+
+SIGTERM: Python's default is to die at once, without running any cleanup. What
+the loader guarantees then: its workers see the parent's sentinel close and
+exit; its slabs are memfds, which vanish with the last process holding them; the
+multiprocessing resource tracker unlinks the semaphores that spawn/forkserver
+named in /dev/shm (and says so on stderr: Python's warning, not ours).
+
+A representative slice (one case of every kind in several configurations, each
+dimension value covered) runs by default; the full product is ``slow``
+(``make test-matrix``). Cases run three at a time: each waits mostly on
+interpreter start-up and ``import torch``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+SCRIPT = str(Path(__file__).with_name("_exit_case.py"))
+ROOT = str(Path(__file__).resolve().parent.parent)
+
+STYLES = ("map", "iter")
+WORKERS = (1, 2)
+METHODS = ("fork", "spawn", "forkserver")
+PERSISTENT = (False, True)
+CASES = ("end", "break", "loop_raises", "worker_raises", "worker_sigkill", "worker_sigsegv",
+         "sigint", "sigterm", "del", "exit_holding")
+
+RUN_BOUND_S = 90  # the whole script, start-up included, on a loaded 2-core machine
+SIGNAL_BOUND_S = 10  # from the signal (or the last report) to the script's exit
+GONE_BOUND_S = 10  # from the script's exit to the last process of its session
+
+
+def _full() -> list[tuple]:
+    return list(itertools.product(STYLES, WORKERS, METHODS, PERSISTENT, CASES))
+
+
+def _slice() -> list[tuple]:
+    """Every case three times: fork with 2 workers, map-style and iterable, persistent
+    and not; spawn/forkserver with 1 worker, rotating over style and persistence
+    (a spawned worker costs an interpreter start and ``import torch``; 2 spawned
+    workers per case are left to the full matrix)."""
+    rotate = [("map", 1, "spawn", True), ("iter", 1, "forkserver", False),
+              ("iter", 1, "spawn", False), ("map", 1, "forkserver", True)]
+    out = []
+    for i, case in enumerate(CASES):
+        out.append(("map", 2, "fork", bool(i % 2), case))
+        out.append(("iter", 2, "fork", not i % 2, case))
+        out.append((*rotate[i % 4], case))
+    return out
+
+
+def _case_id(case: tuple) -> str:
+    style, workers, method, persistent, what = case
+    return f"{style}-{workers}w-{method}-{'persistent' if persistent else 'transient'}-{what}"
+
+
+# -- running a case --------------------------------------------------------------
+class Run:
+    def __init__(self, case):
+        self.case = case
+        self.returncode = None
+        self.stdout = self.stderr = ""
+        self.elapsed_s = 0.0
+        self.signal_to_exit_s = None
+        self.leftover: list[str] = []
+        self.shm_left: list[str] = []
+        self.failure = None
+
+    @property
+    def reports(self) -> dict:
+        out: dict = {"sem": []}
+        for line in self.stdout.splitlines():
+            tag, _, value = line.partition(" ")
+            try:
+                value = json.loads(value)
+            except ValueError:
+                continue
+            if tag == "sem":
+                out["sem"].append(value)
+            else:
+                out[tag] = value
+        return out
+
+    def __repr__(self) -> str:
+        return (f"{_case_id(self.case)}: rc={self.returncode} after {self.elapsed_s:.1f} s, "
+                f"signal->exit {self.signal_to_exit_s}, left {self.leftover}, shm {self.shm_left}, "
+                f"failure {self.failure}\n--- stdout\n{self.stdout}--- stderr\n{self.stderr}")
+
+
+def _session_pids(sid: int) -> list[tuple[int, str]]:
+    """Live (non-zombie) processes of session ``sid``: (pid, description)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")[:100]
+        except OSError:
+            continue
+        state, session = fields[0], int(fields[3])
+        if session == sid and state not in ("Z", "X"):
+            out.append((int(name), f"pid {name} state {state} {cmd}"))
+    return out
+
+
+def _kill_session(sid: int) -> None:
+    for pid, _ in _session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _shm() -> set[str]:
+    return set(os.listdir("/dev/shm"))
+
+
+def _default_sigint() -> None:
+    # A shell running CI in the background may start us with SIGINT ignored, which the
+    # script would inherit; Python installs KeyboardInterrupt only over SIG_DFL.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def run_case(case: tuple) -> Run:
+    style, workers, method, persistent, what = case
+    run = Run(case)
+    before = _shm()
+    start = time.monotonic()
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, SCRIPT, style, str(workers), method,
+                             str(int(persistent)), what], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+                            preexec_fn=_default_sigint, start_new_session=True)
+    lines: list[str] = []
+    err: list[str] = []
+    ready = threading.Event()
+
+    def read_out():
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("ready "):
+                ready.set()
+        ready.set()  # the script ended without being ready: do not wait any more
+
+    readers = [threading.Thread(target=read_out, daemon=True),
+               threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)]
+    for t in readers:
+        t.start()
+    try:
+        if what in ("sigint", "sigterm"):
+            if not ready.wait(RUN_BOUND_S):
+                run.failure = "never got its first batch"
+            elif proc.poll() is None:
+                sent = time.monotonic()
+                proc.send_signal(signal.SIGINT if what == "sigint" else signal.SIGTERM)
+                try:
+                    proc.wait(SIGNAL_BOUND_S)
+                    run.signal_to_exit_s = round(time.monotonic() - sent, 2)
+                except subprocess.TimeoutExpired:
+                    run.failure = f"still running {SIGNAL_BOUND_S} s after the signal"
+        proc.wait(max(1.0, RUN_BOUND_S - (time.monotonic() - start)))
+    except subprocess.TimeoutExpired:
+        run.failure = run.failure or f"still running after {RUN_BOUND_S} s"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        run.elapsed_s = time.monotonic() - start
+        for t in readers:
+            t.join(GONE_BOUND_S)
+        run.returncode = proc.returncode
+        run.stdout, run.stderr = "".join(lines), "".join(err)
+        # every process of the session must be gone; kill what is left so nothing leaks on
+        deadline = time.monotonic() + GONE_BOUND_S
+        while _session_pids(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        run.leftover = [d for _, d in _session_pids(proc.pid)]
+        _kill_session(proc.pid)
+        ours = {"sem." + n.lstrip("/") for n in run.reports["sem"]}
+        deadline = time.monotonic() + GONE_BOUND_S
+        while True:
+            run.shm_left = sorted(n for n in _shm() - before if n.startswith("fmq") or n in ours)
+            if not run.shm_left or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    return run
+
+
+# -- expectations ----------------------------------------------------------------
+RESOURCE_TRACKER_LINES = ("resource_tracker: There appear to be", "warnings.warn(")
+
+
+def _only_resource_tracker_warnings(stderr: str) -> bool:
+    """After SIGTERM under spawn/forkserver, Python's resource tracker unlinks the dead
+    program's semaphores and warns about it; no other line is acceptable."""
+    return all(any(m in line for m in RESOURCE_TRACKER_LINES) for line in stderr.splitlines()
+               if line.strip())
+
+
+def check(run: Run) -> None:
+    style, workers, method, persistent, what = run.case
+    r = run.reports
+    assert run.failure is None, run
+    assert run.elapsed_s < RUN_BOUND_S, run
+    assert not run.leftover, run
+    assert not run.shm_left, run
+    assert len(r.get("workers", ())) == workers, run
+    if "after" in r:
+        assert r["after"] == [], run
+    if what in ("end", "break", "del", "exit_holding"):
+        assert (run.returncode, run.stderr) == (0, ""), run
+        if what == "end":
+            assert r["batches"] == 8, run
+    elif what == "loop_raises":
+        assert run.returncode == 1, run
+        assert run.stderr.count("Traceback") == 1, run
+        assert run.stderr.rstrip().endswith("ValueError: boom in the training loop"), run
+    elif what == "worker_raises":
+        assert (run.returncode, run.stderr) == (0, ""), run
+        error = r["error"]
+        assert error is not None, "the epoch ended without the worker's KeyError"
+        assert "KeyError" in error["types"], run
+        assert "Caught KeyError in worker " in error["message"] and "bad sample 13" in error["message"], run
+        if persistent:  # re-iterating either works or raises a clear error
+            nxt = r["next_epoch"]
+            assert isinstance(nxt, int) or "Caught KeyError in worker " in nxt["message"], run
+    elif what in ("worker_sigkill", "worker_sigsegv"):
+        assert (run.returncode, run.stderr) == (0, ""), run
+        error = r["error"]
+        assert error is not None, "the loop ended normally after a worker was killed"
+        assert "WorkerError" in error["types"] and "RuntimeError" in error["types"], run
+        sig = "SIGKILL" if what == "worker_sigkill" else "SIGSEGV"
+        assert f"pid {r['victim']}" in error["message"] and sig in error["message"], run
+        if sig == "SIGKILL":
+            assert "OOM killer" in error["message"], run
+    elif what == "sigint":
+        assert run.returncode != 0, run
+        assert run.stderr.count("Traceback") == 1, run
+        assert run.stderr.rstrip().endswith("KeyboardInterrupt"), run
+        assert run.signal_to_exit_s is not None and run.signal_to_exit_s < SIGNAL_BOUND_S, run
+    elif what == "sigterm":
+        assert run.returncode == -signal.SIGTERM, run
+        if method == "fork":  # fork names no semaphore in /dev/shm: nothing to clean up
+            assert run.stderr == "", run
+        else:
+            assert _only_resource_tracker_warnings(run.stderr), run
+    else:  # pragma: no cover
+        raise AssertionError(what)
+
+
+# -- running the selected cases three at a time ----------------------------------
+_futures: dict[tuple, concurrent.futures.Future] = {}
+_pool = concurrent.futures.ThreadPoolExecutor(max_workers=3, thread_name_prefix="exit-matrix")
+
+
+@pytest.fixture
+def case_run(request):
+    """Starts every selected matrix case at the first one's test; returns this test's run."""
+    if not _futures:
+        for item in request.session.items:
+            spec = getattr(item, "callspec", None)
+            if spec is not None and item.module is request.module:
+                c = spec.params["case"]
+                if c not in _futures:
+                    _futures[c] = _pool.submit(run_case, c)
+    case = request.node.callspec.params["case"]
+    if case not in _futures:
+        _futures[case] = _pool.submit(run_case, case)
+    return _futures.pop(case).result()
+
+
+@pytest.mark.parametrize("case", _slice(), ids=_case_id)
+def test_exit(case, case_run):
+    check(case_run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [c for c in _full() if c not in set(_slice())], ids=_case_id)
+def test_exit_full(case, case_run):
+    check(case_run)
+
+
+def test_slice_covers_every_case_and_dimension_value():
+    cases = _slice()
+    assert 30 <= len(cases) <= 40
+    for dim, values in enumerate((STYLES, WORKERS, METHODS, PERSISTENT, CASES)):
+        assert {c[dim] for c in cases} == set(values)
+    for what in CASES:
+        assert {c[2] for c in cases if c[4] == what} >= {"fork"}
+        assert {c[2] for c in cases if c[4] == what} - {"fork"}
