@@ -1,11 +1,11 @@
-"""``python -m fmq_loader.bench queue|loader|images [args]``: runs ``fmq_loader.bench.<name>.main(args)``."""
+"""``python -m fmq_loader.bench queue|loader|images|soak [args]``: runs ``fmq_loader.bench.<name>.main(args)``."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHMARKS = ("queue", "loader", "images")
+BENCHMARKS = ("queue", "loader", "images", "soak")
 
 
 def main(argv=None) -> int:
