@@ -4,7 +4,8 @@
     python examples/train_imagefolder.py --root ~/images --steps 500 --workers 4
 
 Prints the loss, images/s and the share of loop time spent waiting for data
-(near 0%: the loader keeps up; near 100%: the model waits for data).
+(near 0%: the loader keeps up; near 100%: the model waits for data), then the
+same share as the loader itself measures it, from ``loader.stats()``.
 """
 
 import argparse
@@ -44,10 +45,18 @@ def main() -> None:
                    num_workers=args.workers, persistent_workers=args.workers > 0) as loader:
         result = train(loader, num_classes=len(dataset.classes), steps=args.steps,
                        warmup_steps=min(10, args.steps - 1), log_every=50)
+        stats = loader.stats()  # counted by the loader itself, warm-up included
 
     print(f"done: {result.images_per_s:.0f} images/s, "
           f"data wait {100 * result.data_wait_share:.1f}% of loop time, "
           f"loss {result.first_loss:.3f} -> {result.final_loss:.3f}")
+    print(f"loader.stats(): data-bound share {stats.data_bound:.1%} "
+          f"({stats.wait_s:.2f} s of {stats.elapsed_s:.2f} s waiting in next()); "
+          f"workers busy {', '.join(f'{w.busy_share:.0%}' for w in stats.workers) or '-'}")
+    if stats.data_bound > 0.5:
+        print("-> the model waits for data: more --workers, or a cheaper transform")
+    else:
+        print("-> the loader keeps up: the model's step is the bottleneck")
 
 
 if __name__ == "__main__":

@@ -127,6 +127,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from fmq_loader.demo import train
+    from fmq_loader.progress import Progress
 
     extra = [f"train.steps={args.steps}"] if args.steps is not None else []
     if args.data is not None:
@@ -145,11 +146,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         name = _LOADER_NAMES[kind]
         print(f"-- {name}")
         loader = _make_loader(kind, cfg, dataset)
+        # tqdm's bar when installed; without it the step lines are the progress report
+        bar = Progress(tc.steps, not args.no_progress, f"train {kind}", unit="step",
+                       fallback=False)
         try:
             results[kind] = train(loader, len(dataset.classes), tc.steps, lr=tc.lr,
                                   momentum=tc.momentum, warmup_steps=tc.warmup_steps,
-                                  log_every=tc.log_every, seed=cfg.synth.seed)
+                                  log_every=tc.log_every, seed=cfg.synth.seed, log=bar.write,
+                                  progress=lambda _: bar.update())
         finally:
+            bar.close()
             _close(loader)
         r = results[kind]
         print(f"{name}: {r.images_per_s:.1f} images/s, data wait {100 * r.data_wait_share:.1f}% "
@@ -414,7 +420,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="DIR", help="sets dataset.root")
     p.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     p.add_argument("--no-progress", action="store_true",
-                   help="no progress bar while generating a folder")
+                   help="no progress bar (generating a folder, training steps)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(

@@ -92,14 +92,17 @@ def _batches(loader: Iterable, steps: int):
 
 def train(loader: Iterable, num_classes: int, steps: int = 200, *, lr: float = 0.05,
           momentum: float = 0.9, warmup_steps: int = 5, log_every: int = 50,
-          log: Callable[[str], None] | None = print, seed: int = 0) -> TrainResult:
+          log: Callable[[str], None] | None = print, seed: int = 0,
+          progress: Callable[[int], None] | None = None) -> TrainResult:
     """Train ``SmallCNN`` on (images, labels) batches for ``steps`` SGD steps on the CPU.
 
     Args:
         loader: yields (float or uint8 NCHW images, int labels); re-iterated per epoch.
         num_classes: labels are in [0, num_classes).
         steps: optimizer steps; warmup_steps of them are not timed.
-        log: called with a progress line every ``log_every`` steps; None is silent.
+        log: called with a progress line every ``log_every`` steps, and at the end with
+            ``loader.stats().summary()`` when the loader has ``stats()``; None is silent.
+        progress: called with the step number after each step (a progress bar).
 
     Returns:
         a TrainResult (images/s and data-wait share over the timed steps).
@@ -138,7 +141,12 @@ def train(loader: Iterable, num_classes: int, steps: int = 200, *, lr: float = 0
             log(f"step {step:>5}/{steps}  loss {window_loss / window_n:.3f}  "
                 f"{rate:8.1f} img/s  data wait {100 * share:4.1f}%")
             window_loss, window_n = 0.0, 0
+        if progress is not None:
+            progress(step)
     seconds = time.perf_counter() - timed_from
+    stats = getattr(loader, "stats", None)
+    if log is not None and stats is not None:
+        log(f"loader stats: {stats().summary()}")
     return TrainResult(steps=steps, images=images, seconds=seconds,
                        images_per_s=images / seconds, data_wait_share=waited / seconds,
                        first_batch_s=first_batch_s, first_loss=first_loss,
