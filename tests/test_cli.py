@@ -123,7 +123,7 @@ def test_user_mistakes_are_one_stderr_line_and_exit_2(tmp_path, capsys, argv, pa
     assert re.search(pattern, one_error_line(capsys))
 
 
-@pytest.mark.parametrize("command", ["train", "bench", "show-config", "check-config",
+@pytest.mark.parametrize("command", ["train", "bench", "tune", "show-config", "check-config",
                                      "make-dataset"])
 def test_every_command_has_help(command, capsys):
     assert main([command, "--help"]) == 0
