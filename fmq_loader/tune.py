@@ -362,12 +362,12 @@ def tune(config, *, budget_s: float = 60.0, workers: Sequence[int] | None = None
     per_epoch = n // bs if cfg.loader.drop_last else -(-n // bs)
     need = _min_epoch_batches(2, factors[0])
     if per_epoch < need:
+        smaller = (f" or lower loader.batch_size to {n // need}" if n // need >= 1 else "")
         raise TuneError(
             f"dataset too small to tune: {n} images make {per_epoch} batches of {bs} per "
             f"epoch, and a 2-worker trial needs {need} in one epoch ({2 * factors[0] + 1} "
             f"warm-up + {MIN_WINDOWS} windows of {MIN_WINDOW_BATCHES}); use a folder of at "
-            f"least {need * bs} images (synth.per_class for a generated one) or lower "
-            f"loader.batch_size to {max(1, n // need)}")
+            f"least {need * bs} images (synth.per_class for a generated one){smaller}")
     # more workers than an epoch can keep busy would only measure their start-up
     ladder = [w for w in ladder if w == 1 or _min_epoch_batches(w, factors[0]) <= per_epoch]
     decoders = [cfg.dataset.decoder]
