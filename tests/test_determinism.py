@@ -153,3 +153,28 @@ def test_loader_sampler_set_epoch_forwards_to_the_loader(monkeypatch):
                                  seed=SEED)
     sampler.set_epoch(3)
     assert got == list(sampler)
+
+
+class AugmentedStream(torch.utils.data.IterableDataset):
+    """Each worker streams its share of 0..n-1, with a draw from ``random`` per item."""
+
+    def __init__(self, n: int = 20) -> None:
+        self.n = n
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (0, 1) if info is None else (info.id, info.num_workers)
+        for i in range(wid, self.n, nw):
+            yield torch.tensor([float(i), random.random()], dtype=torch.float64)
+
+
+def test_iterable_dataset_repeats_only_for_the_same_num_workers():
+    """Documented limit: each worker iterates its own stream, so batches depend on num_workers."""
+    def run(num_workers):
+        with FMQLoader(AugmentedStream(), batch_size=4, seed=SEED, num_workers=num_workers,
+                       multiprocessing_context="fork") as loader:
+            return torch.cat(list(loader))
+
+    once, twice = run(2), run(2)
+    assert torch.equal(once, twice)
+    assert not torch.equal(once[:, 0], run(1)[:, 0])  # another split of the stream into batches

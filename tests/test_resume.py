@@ -166,3 +166,18 @@ def test_resume_with_a_distributed_sampler_and_set_epoch():
         loader.load_state_dict(state)
         loader.set_epoch(2)
         assert _same(before + list(loader), want)
+
+
+def test_state_saved_with_the_last_batch_in_hand_resumes_to_an_empty_epoch():
+    """A checkpoint taken in the loop body of the epoch's last batch: nothing of it is left."""
+    want = _uninterrupted(2, False, num_workers=2, persistent_workers=True)
+    with _make(num_workers=2, persistent_workers=True) as loader:
+        it = iter(loader)
+        for _ in range(len(loader)):
+            next(it)
+        state = loader.state_dict()
+    assert state["epoch"] == 0 and state["batches_seen"] == len(want[0])
+    with _make(num_workers=2, persistent_workers=True) as loader:
+        loader.load_state_dict(state)
+        assert list(loader) == []
+        assert _same(list(loader), want[1])
