@@ -48,7 +48,7 @@ from .collate import default_collate, default_convert
 from .distributed import EpochOrder, detect_rank
 from .epoch import PullEpoch, PushEpoch, pin
 from .pool import ProducerPool
-from .resume import EpochProgress, loader_state, parse_state
+from .resume import EpochProgress, loader_state, order_sampler, parse_state
 from .stats import LoaderStats, Meter
 from .worker import load_batch
 
@@ -299,7 +299,7 @@ class FMQLoader:
         # order (a restarted run repeats them); without it, the count of epochs begun.
         epoch = self._epoch if self._epoch_set else self._iterations
         self._drawn = EpochProgress(epoch, self._iterations, resume.batches if resume else 0,
-                                    getattr(self.sampler, "epoch", None))
+                                    getattr(order_sampler(self), "epoch", None))
         if self._order is not None:
             bound = self._order.for_epoch(epoch)
             self._bound_index_sampler = (BatchSampler(bound, self.batch_size, self.drop_last)

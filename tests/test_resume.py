@@ -11,7 +11,7 @@ import random
 
 import pytest
 import torch
-from torch.utils.data import DistributedSampler, RandomSampler
+from torch.utils.data import BatchSampler, DistributedSampler, RandomSampler
 
 from fmq_loader import FMQLoader
 from test_determinism import AugmentedNumbers, N
@@ -143,9 +143,9 @@ def test_state_dict_refuses_an_order_it_cannot_draw_again(kwargs, named):
 def test_state_dict_refuses_an_iterable_dataset():
     from _loader_data import ShardedRange
 
-    with FMQLoader(ShardedRange(0, 10), batch_size=2, seed=1) as loader:
-        with pytest.raises(ValueError, match="iterable dataset has no position"):
-            loader.state_dict()
+    with FMQLoader(ShardedRange(0, 10), batch_size=2, seed=1) as loader, \
+            pytest.raises(ValueError, match="iterable dataset has no position"):
+        loader.state_dict()
 
 
 def test_resume_with_a_distributed_sampler_and_set_epoch():
@@ -181,3 +181,21 @@ def test_state_saved_with_the_last_batch_in_hand_resumes_to_an_empty_epoch():
         loader.load_state_dict(state)
         assert list(loader) == []
         assert _same(list(loader), want[1])
+
+
+def test_resume_with_a_batch_sampler_over_a_distributed_sampler_checks_its_epoch():
+    dataset = AugmentedNumbers()
+
+    def make():
+        sampler = DistributedSampler(dataset, num_replicas=2, rank=0, shuffle=True, seed=3)
+        return FMQLoader(dataset, batch_sampler=BatchSampler(sampler, BATCH, False), seed=SEED)
+
+    with make() as loader:
+        loader.batch_sampler.sampler.set_epoch(1)
+        it = iter(loader)
+        next(it)
+        state = loader.state_dict()
+    with make() as loader:
+        loader.load_state_dict(state)
+        with pytest.raises(ValueError, match=r"DistributedSampler's epoch 1, but its epoch is now 0"):
+            iter(loader)
