@@ -59,17 +59,38 @@ def _reduce_tensor(t):
     return _rebuild_tensor, (pickle.PickleBuffer(raw), dtype, tuple(t.shape), t.requires_grad)
 
 
-def _rebuild_tensor(buf, dtype: str, shape: tuple, requires_grad: bool):
+_DTYPES: dict = {}  # dtype name -> (torch dtype, numpy dtype or None), filled on first use
+
+
+def _lookup_dtype(dtype):
     import torch
 
     kind = getattr(torch, dtype, None) if isinstance(dtype, str) else None
     if not isinstance(kind, torch.dtype):
         raise ValueError(f"tensor descriptor names dtype {dtype!r}, which is not a torch dtype; "
                          "corrupt message")
-    raw = np.frombuffer(buf, dtype=np.uint8)
-    if not raw.flags.writeable:  # in-band bytes: torch refuses read-only memory
-        raw = raw.copy()
-    t = torch.from_numpy(raw).view(kind).reshape(shape)
+    try:
+        np_kind = torch.empty(0, dtype=kind).numpy().dtype
+    except (TypeError, RuntimeError):  # bfloat16 and friends: no numpy twin
+        np_kind = None
+    _DTYPES[dtype] = kind, np_kind
+    return kind, np_kind
+
+
+def _rebuild_tensor(buf, dtype: str, shape: tuple, requires_grad: bool):
+    # Runs in the consumer's stealer thread once per tensor: with a numpy twin of
+    # the dtype, numpy types and shapes the bytes and torch is called once.
+    kind, np_kind = _DTYPES.get(dtype) or _lookup_dtype(dtype)
+    if np_kind is not None:
+        arr = np.frombuffer(buf, dtype=np_kind).reshape(shape)
+        if not arr.flags.writeable:  # in-band bytes: torch refuses read-only memory
+            arr = arr.copy()
+        t = sys.modules["torch"].from_numpy(arr)
+    else:
+        raw = np.frombuffer(buf, dtype=np.uint8)
+        if not raw.flags.writeable:
+            raw = raw.copy()
+        t = sys.modules["torch"].from_numpy(raw).view(kind).reshape(shape)
     if requires_grad:
         t.requires_grad_(True)
     return t

@@ -22,6 +22,7 @@ import weakref
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+import numpy.random  # noqa: F401 -- loaded now, not lazily in the middle of an epoch
 import torch
 
 from .collate import concat_batches, default_collate
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PullEpoch", "PushEpoch", "pin"]
 
-_POLL_S = 0.05  # how often a waiting next() checks that workers are alive
+_POLL_S = 0.1  # how often a waiting next() checks that workers are alive
 _SKIP = object()
 
 
@@ -168,9 +169,18 @@ class PullEpoch(_Epoch):
         self.top_up()
 
     def top_up(self) -> None:
-        """Publish tasks until ``budget + num_workers`` are ahead of the user."""
+        """Refill the board in chunks: once at most one task lies beyond the prefetch
+        bound, publish up to ``2 * num_workers`` beyond it, in one ``write``."""
         pool = self._pool
-        limit = pool.consumed + pool.budget + self._n
+        if pool.next_seq > pool.consumed + pool.budget:
+            return
+        try:
+            self._publish_until(pool.consumed + pool.budget + 2 * self._n)
+        finally:
+            pool.flush()
+
+    def _publish_until(self, limit: int) -> None:
+        pool = self._pool
         while pool.next_seq < limit:
             if self._exhausted:
                 if self.successor is None:
@@ -180,7 +190,7 @@ class PullEpoch(_Epoch):
                     if self.successor is None:
                         return
                 else:
-                    self.successor.top_up()
+                    self.successor._publish_until(limit)
                 return
             try:
                 indices = next(self._tasks)
@@ -216,8 +226,10 @@ class PullEpoch(_Epoch):
         self.successor = None
 
     def _complete(self, first: int) -> bool:
-        ready = self._pool.ready
-        return all(seq in ready for seq in range(first, first + self._spans[first]))
+        ready, nparts = self._pool.ready, self._spans[first]
+        if nparts == 1:
+            return first in ready
+        return all(seq in ready for seq in range(first, first + nparts))
 
     def _next_batch(self):
         while True:
@@ -246,14 +258,20 @@ class PullEpoch(_Epoch):
     def _hand_out(self, first: int):
         nparts = self._spans.pop(first)
         self._samples = self._sizes.pop(first)
-        parts = [self._pool.ready.pop(seq) for seq in range(first, first + nparts)]
+        ready = self._pool.ready
         self._yielded += 1
         self._pool.mark_consumed(nparts)
         self.top_up()
+        if nparts == 1:
+            batch = ready.pop(first)
+            if batch.__class__ is WorkerFailure:
+                self._raise(batch)
+            return batch
+        parts = [ready.pop(seq) for seq in range(first, first + nparts)]
         for part in parts:
-            if isinstance(part, WorkerFailure):
+            if part.__class__ is WorkerFailure:
                 self._raise(part)
-        return parts[0] if nparts == 1 else concat_batches(parts)
+        return concat_batches(parts)
 
 
 class PushEpoch(_Epoch):

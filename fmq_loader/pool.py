@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import pickle
 import signal
+import struct
 import threading
 import time
 from typing import Any, Callable
@@ -27,6 +29,7 @@ __all__ = ["ProducerPool"]
 logger = logging.getLogger(__name__)
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
+_FRAME = struct.Struct("!i")  # multiprocessing.Connection's length prefix
 
 
 def _check_picklable(what: str, obj: Any, method: str) -> None:
@@ -93,6 +96,8 @@ class ProducerPool:
         # Map-style tasks go on one shared board that idle workers read; the
         # control words let the main process bound prefetching without a syscall.
         self._board_r, self._board_w = ctx.Pipe(duplex=False)
+        self._board_fd = self._board_w.fileno()
+        self._staged = bytearray()  # framed tasks not yet written (publish / flush)
         self.control = ctx.RawArray("q", 4)
         self.control[BUDGET] = max_outstanding
         self.worker_stats = ctx.RawArray("d", WORKER_FIELDS * num_workers)  # see stats.py
@@ -128,11 +133,25 @@ class ProducerPool:
             pipe.send_bytes(pickle.dumps(Reseed(base_seed), _PROTOCOL))
 
     def publish(self, base_seed: int, position: int, indices) -> int:
-        """Put one map-style task on the shared board; return its sequence number."""
+        """Stage one map-style task for the shared board; return its sequence number.
+
+        ``flush()`` writes the staged tasks: several tasks cost one ``write``.
+        Each is framed as ``Connection.send_bytes`` frames it (4-byte big-endian
+        length, then the pickle), so workers read them with ``recv_bytes``.
+        """
         seq = self.next_seq
         self.next_seq += 1
-        self._board_w.send_bytes(pickle.dumps((seq, base_seed, position, indices), _PROTOCOL))
+        body = pickle.dumps((seq, base_seed, position, indices), _PROTOCOL)
+        self._staged += _FRAME.pack(len(body))
+        self._staged += body
         return seq
+
+    def flush(self) -> None:
+        """Write every staged task to the board (blocks only while the pipe is full)."""
+        data, self._staged = self._staged, bytearray()
+        view, fd = memoryview(data), self._board_fd
+        while view:
+            view = view[os.write(fd, view):]
 
     def mark_consumed(self, n: int = 1) -> None:
         """``n`` more tasks were handed to the user: workers may start ``n`` more."""

@@ -31,6 +31,7 @@ semaphore once the last view of the item laid in it has been garbage-collected
 from __future__ import annotations
 
 import errno
+import functools
 import mmap
 import os
 import weakref
@@ -90,6 +91,7 @@ class SlabArena:
         self._sizes = words[self.num_slabs :]
         self._maps: dict[int, tuple[mmap.mmap, int]] = {}
         self._leased: set[int] = set()  # slabs this process (the consumer) holds views of
+        self._lease_refs: dict[int, weakref.ref] = {}  # slab -> weakref to its lease token
         self._closed = False
 
     # -- pickling: only while spawning a child, like multiprocessing's own objects
@@ -199,7 +201,10 @@ class SlabArena:
         mapping = self._mapping(slab, end)
         token = np.frombuffer(mapping, dtype=np.uint8, count=end)
         self._leased.add(slab)
-        weakref.finalize(token, _release_slab, weakref.ref(self), slab)
+        # A plain weakref (kept here) is cheaper than weakref.finalize; its callback
+        # runs when the token, and so every view of the slab, is gone.
+        self._lease_refs[slab] = weakref.ref(
+            token, functools.partial(_lease_ended, weakref.ref(self), slab))
         return token
 
     def _mapping(self, slab: int, end: int) -> mmap.mmap:
@@ -313,6 +318,10 @@ def _budget_message(nbytes: int, grow: int, arena: int, current: int, free: int 
             f"{arena:,} bytes, {need:,} more than the {current:,} already reserved, but {why}. "
             "Lower batch_size (or the size of a sample), prefetch_factor or num_workers, or "
             "extra_slabs (FMQLoader) / num_slabs (Queue); or free memory / raise the cgroup limit")
+
+
+def _lease_ended(arena_ref: weakref.ref, slab: int, _token_ref) -> None:
+    _release_slab(arena_ref, slab)
 
 
 def _release_slab(arena_ref: weakref.ref, slab: int) -> None:

@@ -41,6 +41,54 @@ class _Done:
         self.error = error
 
 
+_READ_SIZE = 1 << 16
+_BIG = 1 << 20  # a message at least this large is read straight into its own buffer
+
+
+def _split_frames(fd: int, pending: bytearray) -> list:
+    """Read once from ``fd``; return the whole messages now in ``pending``.
+
+    The frames are ``multiprocessing.Connection``'s: a 4-byte big-endian signed
+    length (-1, then an 8-byte length, for messages over 2 GiB) and the bytes.
+    One ``read`` usually returns one or more whole descriptors, where
+    ``Connection.recv_bytes`` needs two reads per message. A large message (the
+    pipe fallback) is read into a buffer of its own size, without re-copying.
+
+    Raises:
+        EOFError: the pipe's write ends are all closed.
+    """
+    chunk = os.read(fd, _READ_SIZE)
+    if not chunk:
+        raise EOFError
+    pending += chunk
+    out = []
+    while len(pending) >= 4:
+        size = int.from_bytes(pending[:4], "big", signed=True)
+        head = 4
+        if size == -1:
+            if len(pending) < 12:
+                break
+            size, head = int.from_bytes(pending[4:12], "big"), 12
+        if len(pending) - head < size:
+            if size < _BIG:
+                break
+            msg = bytearray(size)  # read the rest in place
+            have = len(pending) - head
+            msg[:have] = pending[head:]
+            view = memoryview(msg)
+            while have < size:
+                n = os.readv(fd, [view[have:]])
+                if n == 0:
+                    raise EOFError
+                have += n
+            del pending[:]
+            out.append(msg)
+            break
+        out.append(bytes(pending[head:head + size]))
+        del pending[:head + size]
+    return out
+
+
 class Stealer:
     """Receives messages on ``reader`` in a named daemon thread and buffers rebuilt items.
 
@@ -68,21 +116,24 @@ class Stealer:
         self._thread.start()
 
     def _run(self) -> None:
+        fd = self._reader.fileno()
         poller = select.poll()
-        poller.register(self._reader.fileno(), select.POLLIN)
+        poller.register(fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
-        items, recv, rebuild = self._items, self._reader.recv_bytes, self._rebuild
+        items, rebuild = self._items, self._rebuild
+        pending = bytearray()  # bytes read but not yet a whole message
         try:
             while not self._stop_requested:
                 events = poller.poll()
                 if self._stop_requested or len(events) > 1 or events[0][0] == self._wake_r:
                     return
-                msg = recv()
-                try:
-                    item = rebuild(msg)
-                except Exception as exc:  # delivered to the caller of get(), in order
-                    item = _Failed(exc)
-                items.put(item)
+                # One read takes every small message already in the pipe.
+                for msg in _split_frames(fd, pending):
+                    try:
+                        item = rebuild(msg)
+                    except Exception as exc:  # delivered to the caller of get(), in order
+                        item = _Failed(exc)
+                    items.put(item)
         except (EOFError, OSError) as exc:
             if not self._stop_requested:
                 self._end(ProducersGone(
