@@ -330,7 +330,10 @@ def _read_yaml(path: str) -> tuple[Any, dict[tuple, int]]:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise _error(path, f"cannot read config file: {reason}; check the path "
                            "(e.g. configs/default.yaml)") from None
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:  # the reader rejects control characters up front
+        raise _error(path, f"invalid YAML syntax, {exc}") from None
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
