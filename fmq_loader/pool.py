@@ -19,6 +19,11 @@ import threading
 import time
 from typing import Any, Callable
 
+# multiprocessing imports these on first use (Process.start, Value, Lock); import
+# them with the package instead, so the first iter() does not pay for it.
+from multiprocessing import (heap, popen_fork, popen_forkserver,  # noqa: F401
+                             popen_spawn_posix, sharedctypes, synchronize)
+
 from .errors import WorkerError
 from .queue import Queue
 from .stats import WORKER_FIELDS, WorkerStats
