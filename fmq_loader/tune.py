@@ -281,7 +281,9 @@ def _diagnose(trials: Sequence[Trial], best: Trial, cores: int) -> tuple[str, st
     base = next(t for t in trials if t.num_workers == 1)
     gain = best.images_per_s / base.images_per_s if base.images_per_s else 0.0
     scaling = (f"images/s went from {base.images_per_s:.0f} with 1 worker to "
-               f"{best.images_per_s:.0f} with {best.num_workers} ({gain:.2f}x) on {cores} cores")
+               f"{best.images_per_s:.0f} with {best.num_workers} ({gain:.2f}x) on {cores} cores"
+               if best.num_workers > 1 else
+               f"1 worker was fastest ({best.images_per_s:.0f} images/s) on {cores} cores")
     if best.pipe_batches > 0:
         return ("shared-memory-bound",
                 f"{best.pipe_batches} batches went through the pipe because every slab was in "
@@ -300,8 +302,8 @@ def _diagnose(trials: Sequence[Trial], best: Trial, cores: int) -> tuple[str, st
                 "to overlap the reads")
     most = max(t.num_workers for t in trials)
     if best.num_workers < most:
-        hint = (f"more than {best.num_workers} workers did not help on {cores} cores; more cores "
-                "or a faster decoder (simplejpeg, dataset.decoder: auto) would")
+        hint = (f"more workers did not help (the cores are busy: other processes count too); "
+                "more cores or a faster decoder (simplejpeg, dataset.decoder: auto) would")
     else:
         hint = (f"images/s still rose at {most} workers, the most tried; try more with "
                 f"--workers {most},{2 * most}")
