@@ -25,7 +25,10 @@ def check_flat(rows: list[dict], persistent: bool) -> None:
     assert g["children"] == 0, (g, rows[1], rows[-1])
     assert g["rss_mib"] < RSS_SLACK_MIB, (g, rows[1], rows[-1])
     assert max(r["slab_bytes"] for r in rows) <= SLAB_BOUND, rows
-    assert max(r["slab_fds"] for r in rows) <= 2 * (PREFETCH * NUM_WORKERS + EXTRA_SLABS + 1), rows
+    # slab descriptors and their mappings' duplicates: more as more slabs come into use, at most
+    # 2 per slab and control block (the process may hold others' from earlier tests: count growth)
+    assert (max(r["slab_fds"] for r in rows) - rows[0]["slab_fds"]
+            <= 2 * (PREFETCH * NUM_WORKERS + EXTRA_SLABS + 1)), rows
     if persistent:
         assert rows[-1]["children"] == NUM_WORKERS
     else:  # a pool per epoch: nothing of it is left after the epoch
