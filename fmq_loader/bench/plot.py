@@ -62,15 +62,17 @@ def plot_workers(results: Mapping[str, Mapping[int, float]], path: str | os.Path
     ax = fig.add_subplot(1, 1, 1)
     workers = sorted({w for series in results.values() for w in series})
     top = 0.0
+    highest = {w: max(s[w] for s in results.values() if w in s) for w in workers}
     for name, series in results.items():
         xs = sorted(series)
         ys = [series[w] for w in xs]
         top = max(top, *ys)
         ax.plot(xs, ys, label=name, linewidth=2, markersize=6,
                 **_STYLE.get(name, {}))
-        for x, y in zip(xs, ys):
-            ax.annotate(f"{y:.0f}", (x, y), textcoords="offset points", xytext=(0, 7),
-                        ha="center", fontsize=8)
+        for x, y in zip(xs, ys):  # the higher figure above its point, the other below
+            ax.annotate(f"{y:.0f}", (x, y), textcoords="offset points",
+                        xytext=(0, 7 if y >= highest[x] else -14), ha="center", fontsize=8,
+                        color=_STYLE.get(name, {}).get("color", "black"))
     ax.set_xticks(workers)
     ax.set_xlabel("num_workers")
     ax.set_ylabel("images/s")
