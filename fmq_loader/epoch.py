@@ -62,6 +62,8 @@ class _Epoch:
         # that would keep workers alive until the cyclic GC); adopt() makes it strong.
         self._loader = loader if current else weakref.proxy(loader)
         self._pool = pool
+        self._get = pool.results.get
+        self._next_check = 0.0  # perf_counter() time of the next liveness check in next()
         self._task_failed = False  # the last error was one batch's: the epoch goes on
         self._n = pool.num_workers
         self._in_order = loader.in_order
@@ -82,6 +84,11 @@ class _Epoch:
             raise StopIteration
         start = perf_counter()
         try:
+            if start >= self._next_check:
+                # While results keep coming the wait below never times out: notice a
+                # worker killed by a signal anyway (its tasks would never arrive).
+                self._next_check = start + _POLL_S
+                self._pool.check_alive(signals_only=True)
             batch = self._next_batch()
         except StopIteration:
             self._finish()
@@ -109,6 +116,10 @@ class _Epoch:
 
     def _receive(self):
         """The next ``(seq, worker_id, payload)``; raises on a dead worker or the timeout."""
+        try:  # the common case: the stealer has it ready
+            return self._get(False)
+        except _queue.Empty:
+            pass
         deadline = time.monotonic() + self._timeout if self._timeout > 0 else None
         while True:
             wait = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())

@@ -206,11 +206,15 @@ class ProducerPool:
         except (OSError, ValueError):  # closed
             return len(self.ready)
 
-    def check_alive(self) -> None:
-        """Raise ``WorkerError`` if a worker has exited (signal named, OOM hint for SIGKILL)."""
+    def check_alive(self, signals_only: bool = False) -> None:
+        """Raise ``WorkerError`` if a worker has exited (signal named, OOM hint for SIGKILL).
+
+        ``signals_only``: only a worker killed by a signal counts (it can have sent
+        nothing); one that exited by itself may still have a failure in the pipe.
+        """
         for wid, proc in enumerate(self.workers):
             code = proc.exitcode
-            if code is None:
+            if code is None or (signals_only and code >= 0):
                 continue
             if code < 0:
                 try:

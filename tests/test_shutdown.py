@@ -62,6 +62,11 @@ SCRIPT = textwrap.dedent('''
             return torch.full((64, 256), float(i))
 
 
+    def worker_zero_dawdles(worker_id):
+        if worker_id == 0:  # takes no task for a while: worker 1 does all the work
+            time.sleep(30)
+
+
     def report(tag, value):
         print(tag, json.dumps(value), flush=True)
 
@@ -133,9 +138,12 @@ SCRIPT = textwrap.dedent('''
                 report("error", error_report(exc))
             loader.close()
             report("after_close", workers())
-        elif CASE in ("worker_sigkill", "worker_sigsegv"):
-            sig = signal.SIGKILL if CASE == "worker_sigkill" else signal.SIGSEGV
-            loader = make(Dataset(400, delay_s=0.01))
+        elif CASE in ("worker_sigkill", "worker_sigsegv", "idle_worker_sigkill"):
+            sig = signal.SIGSEGV if CASE == "worker_sigsegv" else signal.SIGKILL
+            if CASE == "idle_worker_sigkill":  # no task is lost; the other worker keeps delivering
+                loader = make(Dataset(100_000, delay_s=0.002), worker_init_fn=worker_zero_dawdles)
+            else:
+                loader = make(Dataset(400, delay_s=0.01))
             it = iter(loader)
             next(it)
             report("workers", workers())
@@ -315,9 +323,11 @@ def test_worker_exception_reraised_with_type_message_worker_id_and_traceback(tmp
     assert run.reports["after_close"] == [], run
 
 
-@pytest.mark.parametrize("sig", ["SIGKILL", "SIGSEGV"])
-def test_worker_killed_by_signal_raises_runtime_error_naming_pid_and_signal(tmp_path, sig):
-    run = run_case(tmp_path, f"worker_{sig.lower()}")
+@pytest.mark.parametrize("case, sig", [("worker_sigkill", "SIGKILL"), ("worker_sigsegv", "SIGSEGV"),
+                                       ("idle_worker_sigkill", "SIGKILL")])
+def test_worker_killed_by_signal_raises_runtime_error_naming_pid_and_signal(tmp_path, case, sig):
+    """Also when the dead worker held no task and results keep coming from the others."""
+    run = run_case(tmp_path, case)
     assert (run.returncode, run.stderr) == (0, ""), run
     error = run.reports["error"]
     assert error is not None, f"the loop ended normally after a worker got {sig}"
