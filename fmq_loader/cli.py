@@ -249,6 +249,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     if args.budget_s != args.budget_s or args.budget_s <= 0:
         raise UsageError(f"--budget-s must be a positive number of seconds, got {args.budget_s}")
+    if not 0 <= args.step_ms < args.budget_s * 50:
+        raise UsageError(f"--step-ms must be >= 0 and under 1/20 of --budget-s, got "
+                         f"{args.step_ms:g}; e.g. --step-ms 50 for a 50 ms training step")
     extra = [f"dataset.root={args.data}"] if args.data is not None else []
     cfg = _load(args, extra)
     if args.out is not None:
@@ -263,7 +266,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                    fallback=False)
     try:
         result = tune(cfg, budget_s=args.budget_s, workers=args.workers,
-                      prefetch=args.prefetch, dataset=dataset,
+                      prefetch=args.prefetch, dataset=dataset, step_s=args.step_ms / 1e3,
                       progress=None if args.json else
                       (lambda line: (bar.write(line), bar.update())))
     except TuneError as exc:
@@ -463,6 +466,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefetch", type=_int_list, metavar="LIST",
                    help="prefetch_factor values, the first used for the worker sweep "
                         "(default: the config's, then 4 and 2)")
+    p.add_argument("--step-ms", type=float, default=0.0, metavar="MS",
+                   help="sleep this long per batch, standing in for your training step "
+                        "(a GPU step leaves the CPU free); default 0: the loader alone")
     p.add_argument("--data", metavar="DIR", help="sets dataset.root")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")

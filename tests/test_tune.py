@@ -129,3 +129,14 @@ def test_worker_ladder_stops_at_twice_the_cores():
     assert worker_ladder(2) == [1, 2, 3, 4]
     assert worker_ladder(8) == [1, 2, 3, 4, 6, 8, 12, 16]
     assert worker_ladder(64)[-1] == 32
+
+
+def test_tune_with_a_long_training_step_is_consumer_bound_and_keeps_one_worker(tmp_path):
+    """A loop that sleeps 80 ms per batch of 4 small images waits for nothing: the model is the
+    bottleneck, and among equally fast settings the fewest workers win."""
+    root = image_folder(tmp_path / "imgs", classes=2, per_class=32, size=(64, 48))
+    res = tune(_config(tmp_path, root, batch_size=4), budget_s=4.0, workers=[1, 2], prefetch=[2],
+               step_s=0.08)
+    assert res.bottleneck == "consumer-bound", res.table()
+    assert "more workers will not help" in res.reason
+    assert res.best.num_workers == 1 or res.best.images_per_s > 1.03 * res.baseline.images_per_s
