@@ -310,7 +310,7 @@ def _diagnose(trials: Sequence[Trial], best: Trial, cores: int) -> tuple[str, st
                 "to overlap the reads")
     most = max(t.num_workers for t in trials)
     if best.num_workers < most:
-        hint = (f"more workers did not help (the cores are busy: other processes count too); "
+        hint = ("more workers did not help (the cores are busy: other processes count too); "
                 "more cores or a faster decoder (simplejpeg, dataset.decoder: auto) would")
     else:
         hint = (f"images/s still rose at {most} workers, the most tried; try more with "
