@@ -432,7 +432,8 @@ class FMQLoader:
         return self._meter.snapshot(
             workers, queue_depth=pool.queue_depth() if pool is not None else 0,
             shared_memory_bytes=pool.results.shared_memory_bytes() if pool is not None else 0,
-            skipped_files=int(skipped))
+            skipped_files=int(skipped),
+            pipe_batches=pool.results.pipe_items() if pool is not None else 0)
 
     def _log_stats(self) -> None:
         stats_logger.info("fmq_loader: %s", self.stats().summary())

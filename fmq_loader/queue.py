@@ -353,6 +353,10 @@ class Queue:
         """Bytes the slabs span now: at most ``num_slabs`` x the largest item so far."""
         return self._arena.nbytes()
 
+    def pipe_items(self) -> int:
+        """Items this consumer received through the pipe because every slab was held."""
+        return self._arena.pipe_items
+
     def join_thread(self) -> None:
         """Wait until every item this process put has been written to the pipe.
 
@@ -421,6 +425,7 @@ def _rebuild(arena: SlabArena, msg: bytes):
         buffers = [np.frombuffer(token, np.uint8, n, off) for off, n in table]
         return codec.decode(stream, buffers)
     data = view[pos + nstream:]
+    arena.pipe_items += 1
     if any(off + n > len(data) for off, n in table):
         raise _corrupt(msg, "its buffer table points past its data")
     return codec.decode(stream, [bytearray(data[off:off + n]) for off, n in table])

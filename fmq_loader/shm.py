@@ -91,6 +91,7 @@ class SlabArena:
         self._sizes = words[self.num_slabs :]
         self._maps: dict[int, tuple[mmap.mmap, int]] = {}
         self._leased: set[int] = set()  # slabs this process (the consumer) holds views of
+        self.pipe_items = 0  # consumer: items that came through the pipe, every slab being held
         self._lease_refs: dict[int, weakref.ref] = {}  # slab -> weakref to its lease token
         self._closed = False
 

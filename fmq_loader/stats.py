@@ -54,6 +54,7 @@ class LoaderStats:
     recent_data_bound: float
     queue_depth: int
     shared_memory_bytes: int
+    pipe_batches: int  # batches that came through the pipe: every slab was held (see extra_slabs)
     workers: tuple[WorkerStats, ...]
     skipped_files: int
 
@@ -81,7 +82,8 @@ class LoaderStats:
             f"waiting in next()  {self.wait_s:.2f} s = data-bound share {self.data_bound:.1%} "
             f"overall, {self.recent_data_bound:.1%} over the last {_WINDOW_S:.0f} s",
             f"queue depth        {self.queue_depth} batches ready",
-            f"shared memory      {self.shared_memory_bytes / 2**20:.1f} MiB",
+            f"shared memory      {self.shared_memory_bytes / 2**20:.1f} MiB, "
+            f"{self.pipe_batches} batches through the pipe (all slabs held)",
             f"skipped files      {self.skipped_files}",
         ]
         if self.workers:
@@ -131,14 +133,16 @@ class Meter:
                 log()
 
     def snapshot(self, workers=(), queue_depth: int = 0, shared_memory_bytes: int = 0,
-                 skipped_files: int = 0, now: float | None = None) -> LoaderStats:
+                 skipped_files: int = 0, pipe_batches: int = 0,
+                 now: float | None = None) -> LoaderStats:
         now = time.perf_counter() if now is None else now
         elapsed = 0.0 if self.first_t is None else now - self.first_t
         while self.recent and self.recent[0][0] < now - _WINDOW_S:
             self.recent.popleft()
         window = min(_WINDOW_S, elapsed)
         recent_samples = sum(n for _, n, _ in self.recent)
-        recent_wait = sum(w for _, _, w in self.recent)
+        # only the part of each wait inside the window (a wait is [end - wait, end])
+        recent_wait = sum(min(w, end - (now - window)) for end, _, w in self.recent)
         return LoaderStats(
             batches=self.batches, samples=self.samples, elapsed_s=elapsed,
             samples_per_s=self.samples / elapsed if elapsed > 0 else 0.0,
@@ -147,6 +151,7 @@ class Meter:
             data_bound=min(1.0, self.wait_s / elapsed) if elapsed > 0 else 0.0,
             recent_data_bound=min(1.0, recent_wait / window) if window > 0 else 0.0,
             queue_depth=queue_depth, shared_memory_bytes=shared_memory_bytes,
+            pipe_batches=pipe_batches,
             workers=tuple(workers), skipped_files=skipped_files)
 
 

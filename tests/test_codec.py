@@ -98,3 +98,59 @@ def test_any_numpy_array_round_trips_as_plain_pickle_would(a):
     for g, w in ((got[0], want[0]), (got[1][0], want[1][0])):
         assert (g.dtype, g.shape) == (w.dtype, w.shape)
         assert np.ascontiguousarray(g).tobytes() == np.ascontiguousarray(w).tobytes()
+
+
+# NOTE [ tensor-list fast path ]: a list/tuple of plain CPU tensors skips pickle.
+
+@pytest.mark.parametrize("container", [list, tuple])
+def test_tensor_list_takes_the_fast_path_and_round_trips_exactly(container):
+    import torch
+
+    batch = container([torch.randint(0, 255, (8, 3, 32, 32), dtype=torch.uint8),
+                       torch.arange(8), torch.tensor(2.5), torch.zeros(0, 4),
+                       torch.tensor([True, False]), torch.randn(64, 64, dtype=torch.float16)])
+    got, stream, buffers = _round_trip(batch)
+    assert stream.startswith(codec._FAST_MAGIC)
+    assert len(buffers) == 2  # the uint8 images and the float16 matrix; the rest are small
+    assert type(got) is container
+    for a, b in zip(got, batch):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    got[0][0, 0, 0, 0] = 7  # writable, as torch's DataLoader batches are
+    got[1][0] = 7
+
+
+def test_tensor_lists_the_fast_path_cannot_carry_still_round_trip_through_pickle():
+    import torch
+
+    for batch in ([torch.randn(4, 4).t()], [torch.zeros(3, dtype=torch.bfloat16)],
+                  [torch.zeros(2, requires_grad=True)], [torch.zeros(2), "label"],
+                  [torch.zeros(2)] * 17):
+        got, stream, _ = _round_trip(batch)
+        assert not stream.startswith(codec._FAST_MAGIC)
+        assert all(torch.equal(a, b) for a, b in zip(got, batch) if isinstance(a, torch.Tensor))
+
+
+def _corrupt_streams():
+    import torch
+
+    stream, buffers = codec.encode([torch.zeros(64, 16), torch.arange(3)])
+    head = len(codec._FAST_MAGIC) + codec._FAST_HEAD.size
+    bad_dtype = bytearray(stream)
+    bad_dtype[head] = 200
+    bad_shape = bytearray(stream)
+    bad_shape[head + codec._FAST_TENSOR.size] = 99  # first dim 99: shape no longer fits the bytes
+    return {
+        "truncated": (stream[:-5], buffers),
+        "dtype code out of range": (bytes(bad_dtype), buffers),
+        "shape does not match the bytes": (bytes(bad_shape), buffers),
+        "a buffer missing": (stream, []),
+        "a buffer too many": (stream, buffers + buffers),
+        "trailing bytes": (stream + b"x", buffers),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_corrupt_streams()))
+def test_corrupt_fast_path_stream_raises_value_error(case):
+    stream, buffers = _corrupt_streams()[case]
+    with pytest.raises(ValueError, match="corrupt tensor-list descriptor"):
+        codec.decode(stream, [bytearray(b) for b in buffers])

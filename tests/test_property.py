@@ -94,6 +94,11 @@ def assert_same(a, b, path="item") -> None:
 
 def _relay(conn, q) -> None:
     """Producer process: put every item received on ``conn`` on the fmq queue, until an empty message."""
+    import torch
+
+    # Forked from a process whose torch thread pool has run: a parallel torch op here
+    # (making a tensor contiguous) could wait forever on that pool. Workers do the same.
+    torch.set_num_threads(1)
     while True:
         # protocol 5, as the fmq queue uses: older protocols turn a 0-d '>i4' array into 'int32'
         msg = pickle.loads(conn.recv_bytes())  # (item,): items may be None themselves

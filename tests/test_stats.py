@@ -80,3 +80,32 @@ def test_log_every_s_logs_summaries(caplog):
 def test_log_every_s_rejects_non_positive():
     with pytest.raises(ValueError, match="log_every_s"):
         FMQLoader(SlowDataset(n=4), log_every_s=0)
+
+
+def test_batches_kept_beyond_the_slabs_are_counted_as_pipe_batches():
+    # every batch kept: once the slabs are all held, later batches come through the pipe
+    with FMQLoader(SlowDataset(n=64, delay_s=0.0), batch_size=4, num_workers=1,
+                   prefetch_factor=1, extra_slabs=0, collate_fn=_big) as loader:
+        kept = list(loader)
+        stats = loader.stats()
+    assert len(kept) == 16
+    assert stats.pipe_batches >= 10, stats.format()
+    assert "through the pipe" in stats.format()
+
+
+def _big(samples):
+    import torch
+
+    return torch.zeros(len(samples), 4096)  # 64 KiB: well above the in-band limit
+
+
+def test_recent_data_bound_counts_only_the_part_of_a_wait_inside_the_window():
+    from fmq_loader.stats import Meter
+
+    meter = Meter()
+    meter.record(0.0, 8.0, 4)  # one 8 s wait, ending at t = 8
+    early = meter.snapshot(now=8.0)
+    later = meter.snapshot(now=11.0)  # window [6, 11]: 2 s of that wait are inside
+    assert early.recent_data_bound == pytest.approx(1.0)
+    assert later.recent_data_bound == pytest.approx(2.0 / 5.0)
+    assert later.data_bound == pytest.approx(8.0 / 11.0)
