@@ -88,7 +88,8 @@ class _Epoch:
                 # While results keep coming the wait below never times out: notice a
                 # worker killed by a signal anyway (its tasks would never arrive).
                 self._next_check = start + _POLL_S
-                self._pool.check_alive(signals_only=True)
+                if self._pool.any_exited():
+                    self._pool.check_alive(signals_only=True)
             batch = self._next_batch()
         except StopIteration:
             self._finish()
