@@ -16,6 +16,7 @@ import pickle
 import select
 import signal
 import struct
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -69,6 +70,21 @@ def _sigint_ignored():
         signal.signal(signal.SIGINT, previous)
 
 
+def _warm_pillow() -> None:
+    """Under fork, load Pillow's image plugins once here rather than in every worker.
+
+    ``PIL.Image.open`` imports its plugins on first use: ~5 ms in each fresh
+    worker, on its first image, so on the way to the first batch. Only when the
+    program has imported Pillow already (its dataset uses it).
+    """
+    image = sys.modules.get("PIL.Image")
+    if image is not None:
+        try:
+            image.preinit()
+        except Exception:  # an unusual Pillow: the workers will do it themselves
+            pass
+
+
 class ProducerPool:
     """Worker processes that load, transform and collate batches into shared memory.
 
@@ -114,6 +130,8 @@ class ProducerPool:
         self.consumed = 0  # batches handed to the user, mirrored in control[CONSUMED]
         self.ready: dict[int, Any] = {}  # results received, not yet handed out, by sequence number
         try:
+            if method == "fork":
+                _warm_pillow()
             board_lock = self._board_lock = ctx.Lock()
             for wid in range(num_workers):
                 reader, writer = ctx.Pipe(duplex=False)

@@ -10,8 +10,12 @@ images/s over both epochs; main-process CPU per batch (median and mean of the
 process CPU time -- all threads -- spent inside ``next()``); ``next()`` latency
 when a batch is already waiting; time to the first batch (from ``iter()``,
 worker start included); epoch-2 start (time from the end of epoch 1 to the
-first batch of epoch 2). Before the timed ``next()`` the loop computes for 0.5 s
-(a matmul loop: a stand-in for a training step) so the prefetch is full.
+first batch of epoch 2: in this decode-bound loop it depends on where the
+pipeline is in its cycle); next-epoch start after slack (one more epoch with a
+0.5 s training step before its last batch, then the time to the following
+epoch's first batch: the cost of the boundary itself). Before the timed
+``next()`` the loop computes for 0.5 s (a matmul loop: a stand-in for a
+training step) so the prefetch is full.
 
     python -m fmq_loader.bench loader [--quick] [--images N] [--runs R] [--json]
         [--fmq-pipeline imagefolder]   # FMQLoader + ImageFolder against DataLoader + the plain Dataset
@@ -121,6 +125,18 @@ def _one_run(kind: str, dataset, batch_size: int, num_workers: int, epochs: int,
                 del x
             t_end_prev = time.perf_counter()
         elapsed = time.perf_counter() - t_start - 0.5 * epochs
+        # Probe, outside the figures above: one more epoch, with a training step before
+        # its last batch, so the pipeline has slack at the boundary; then the time to
+        # the next epoch's first batch measures the boundary itself, not the phase of
+        # a decode-bound pipeline (which the epoch-2 start above depends on).
+        it = iter(loader)
+        for n, (x, _) in enumerate(it):
+            if n == len(loader) - 2:
+                _train_step_for(0.5)
+        del x
+        t0 = time.perf_counter()
+        next(iter(loader))
+        slack_start = time.perf_counter() - t0
         workers = (loader._pool.workers if kind == "fmq" else loader._iterator._workers)
         peak_rss = statistics.fmean(_peak_rss_mib(w.pid) for w in workers)
     finally:
@@ -135,6 +151,7 @@ def _one_run(kind: str, dataset, batch_size: int, num_workers: int, epochs: int,
         "ready_next_us": 1e6 * statistics.median(ready_next),
         "first_batch_ms": 1e3 * first_batch,
         "epoch2_start_ms": 1e3 * statistics.median(epoch_starts) if epoch_starts else float("nan"),
+        "slack_epoch_start_ms": 1e3 * slack_start,
         "worker_peak_rss_mib": peak_rss,
     }
 
@@ -194,6 +211,7 @@ def report(res: dict) -> str:
             ("next() with a batch waiting (us)", "ready_next_us", "{:.1f}", False),
             ("time to first batch (ms)", "first_batch_ms", "{:.0f}", False),
             ("epoch-2 start (ms)", "epoch2_start_ms", "{:.1f}", False),
+            ("next-epoch start after slack (ms)", "slack_epoch_start_ms", "{:.1f}", False),
             ("peak RSS per worker (MiB)", "worker_peak_rss_mib", "{:.0f}", False)]
     lines = [f"{'metric':34} {'torch DataLoader':>17} {'FMQLoader':>11} {'fmq/torch':>10}"]
     for label, key, fmt, _ in rows:
