@@ -98,7 +98,7 @@ class FMQLoader:
             advances by itself unless you call ``set_epoch``.
         prefetch_next_epoch: with ``persistent_workers``, start the next epoch's
             batches while this one ends (default True; off when the sampler,
-            batch sampler or dataset has ``set_epoch``).
+            batch sampler or its sampler has ``set_epoch``).
         log_every_s: log ``stats().summary()`` at INFO on the ``fmq_loader.stats``
             logger at most this often (from inside ``next()``); None: never.
     """
@@ -371,7 +371,11 @@ class FMQLoader:
         """
         if not (self.persistent_workers and self.prefetch_next_epoch) or self._pool is None:
             return None
-        if self._epoch_set or self._epoch_aware() or self._resume is not None:
+        # A sampler with set_epoch may still change the next epoch's order. A dataset's
+        # set_epoch does not matter here: persistent workers hold their own copies of
+        # the dataset, which a set_epoch in this process never reaches.
+        if self._epoch_set or self._resume is not None or any(
+                obj is not self.dataset for obj in self._epoch_aware()):
             return None
         self._prefetched = PullEpoch(self, self._pool, self._draw_base_seed(), current=False)
         self._prefetched_progress = self._drawn

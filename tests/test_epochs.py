@@ -140,3 +140,22 @@ class _RandomDraws(Dataset):
 
     def __getitem__(self, i: int) -> int:
         return int(torch.randint(0, 10**6, ()).item())
+
+
+class EpochAwareNumbers(Numbers):
+    """A dataset with set_epoch (as ImageFolder has): it must not turn off next-epoch prefetch."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+def test_a_dataset_with_set_epoch_keeps_next_epoch_prefetch():
+    with FMQLoader(EpochAwareNumbers(24), batch_size=4, shuffle=True, num_workers=2,
+                   persistent_workers=True, generator=torch.Generator().manual_seed(3)) as loader:
+        first = _batches(loader)
+        assert loader._prefetched is not None, "the next epoch was not started ahead"
+        second = _batches(loader)
+    reference = DataLoader(EpochAwareNumbers(24), batch_size=4, shuffle=True, num_workers=2,
+                           persistent_workers=True, generator=torch.Generator().manual_seed(3))
+    assert [first, second] == [_batches(reference), _batches(reference)]
+    del reference
