@@ -16,12 +16,14 @@ stays full and the choice is deterministic. ``ImageFolder.skipped`` counts faile
 the first ``MAX_RECORDED`` failed paths.
 
 NOTE [ per-sample seeds ]
-With ``seed=None`` random transforms use the worker's global ``random`` state (seeded per
-worker by the loader). With ``seed=s``, sample ``i`` in epoch ``e`` draws from
-``random.Random(hash(s, e, i))`` (see NOTE [ transform randomness ] in transforms.py), so
-the same (seed, epoch) gives the same augmentations whatever ``num_workers`` is. Call
-``set_epoch(e)`` before each epoch's iterator is created; workers that persist across
-epochs only see it if the loader forwards it.
+With ``seed=None`` random transforms use the global ``random`` state, which FMQLoader
+seeds before every sample from (epoch seed, position in the epoch): with
+``FMQLoader(seed=...)`` augmentations repeat whatever ``num_workers`` is (seeding.py).
+With ``seed=s``, sample ``i`` in epoch ``e`` draws from ``random.Random(hash(s, e, i))``
+(see NOTE [ transform randomness ] in transforms.py), for loaders that do not seed per
+sample. Call ``set_epoch(e)`` before each epoch's iterator is created; persistent
+workers hold their own copy of the dataset and never see it, so with persistent
+workers prefer ``seed=None`` and ``FMQLoader(seed=...)``.
 """
 
 from __future__ import annotations
