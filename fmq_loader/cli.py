@@ -160,15 +160,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         r = results[kind]
         print(f"{name}: {r.images_per_s:.1f} images/s, data wait {100 * r.data_wait_share:.1f}% "
               f"of loop time, first batch {r.first_batch_s:.2f} s, loss {r.first_loss:.3f} -> "
-              f"{r.final_loss:.3f}")
+              f"{r.final_loss:.3f} (first and last batch)")
     if len(results) == 2:
         print()
         print(f"{'loader':<18}{'images/s':>10}{'data wait':>11}{'first batch':>13}"
-              f"{'final loss':>12}")
+              f"{'last-batch loss':>17}")
         for kind, r in results.items():
             name = _LOADER_NAMES[kind]
             print(f"{name:<18}{r.images_per_s:>10.1f}{100 * r.data_wait_share:>10.1f}%"
-                  f"{r.first_batch_s:>11.2f} s{r.final_loss:>12.3f}")
+                  f"{r.first_batch_s:>11.2f} s{r.final_loss:>17.3f}")
         ratio = results["fmq"].images_per_s / results["torch"].images_per_s
         print(f"FMQLoader / torch DataLoader: {ratio:.2f}x images/s")
     if args.json:
