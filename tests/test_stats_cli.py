@@ -38,8 +38,9 @@ def test_real_jpegs_idle_loop_is_data_bound_and_sleeping_loop_is_not(tmp_path, c
     dataset = _folder(tmp_path, on_error="skip")
     for path in sorted(Path(dataset.root).rglob("*.jpg"))[::10][:3]:  # apart, see test_stats
         path.write_bytes(b"\xff\xd8 truncated")
+    # no next-epoch prefetch: the workers' totals below are exactly the two epochs
     with FMQLoader(dataset, batch_size=4, num_workers=2, persistent_workers=True,
-                   multiprocessing_context=ctx) as loader:
+                   multiprocessing_context=ctx, prefetch_next_epoch=False) as loader:
         for _ in loader:  # does nothing: every next() waits for decoding
             pass
         idle = loader.stats()
