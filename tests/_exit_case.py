@@ -9,9 +9,7 @@ POSIX semaphore name it creates), ``ready`` (signal me now), ``error``,
 """
 
 import gc
-import json
 import multiprocessing as mp
-import multiprocessing.synchronize as _sync
 import os
 import signal
 import sys
@@ -21,17 +19,10 @@ import torch
 
 from fmq_loader import FMQLoader
 
+from _script_report import error_report, name_semaphores, report
+
 STYLE, WORKERS, METHOD, PERSISTENT, CASE = sys.argv[1:6]
-_make_name = _sync.SemLock._make_name
-
-
-def _reporting_make_name():
-    name = _make_name()
-    print("sem", json.dumps(name), flush=True)
-    return name
-
-
-_sync.SemLock._make_name = staticmethod(_reporting_make_name)
+name_semaphores()
 
 
 def _sample(i, fail_at):
@@ -66,10 +57,6 @@ class IterDataset(torch.utils.data.IterableDataset):
             yield _sample(i, self.fail_at)
 
 
-def report(tag, value):
-    print(tag, json.dumps(value), flush=True)
-
-
 def workers():
     return sorted(p.pid for p in mp.active_children())
 
@@ -80,8 +67,14 @@ def make(n, delay_s=0.0, fail_at=None):
                      multiprocessing_context=METHOD, persistent_workers=PERSISTENT == "1")
 
 
-def error_report(exc):
-    return {"types": [c.__name__ for c in type(exc).__mro__], "message": str(exc)}
+def drain(it):
+    """Run ``it`` to its end; report the error that ended it, or None."""
+    try:
+        for _batch in it:
+            pass
+        report("error", None)
+    except Exception as exc:
+        report("error", error_report(exc))
 
 
 LONG = dict(n=1_000_000, delay_s=0.002)  # never ends within a test
@@ -115,12 +108,7 @@ def main():
         it = iter(loader)
         next(it)
         report("workers", workers())
-        try:
-            for batch in it:
-                pass
-            report("error", None)
-        except Exception as exc:
-            report("error", error_report(exc))
+        drain(it)
         if PERSISTENT == "1":  # persistent workers: the next epoch works, or raises clearly
             try:
                 report("next_epoch", sum(1 for _ in loader))
@@ -136,12 +124,7 @@ def main():
         victim = workers()[0]
         report("victim", victim)
         os.kill(victim, signal.SIGKILL if CASE == "worker_sigkill" else signal.SIGSEGV)
-        try:
-            for batch in it:
-                pass
-            report("error", None)
-        except Exception as exc:
-            report("error", error_report(exc))
+        drain(it)
         loader.close()
         report("after", workers())
     elif CASE in ("sigint", "sigterm"):

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import pytest
 
+from _script_report import session_processes
+
 pytest.importorskip("torch")
 
 SCRIPT = str(Path(__file__).with_name("_exit_case.py"))
@@ -115,27 +117,8 @@ class Run:
                 f"failure {self.failure}\n--- stdout\n{self.stdout}--- stderr\n{self.stderr}")
 
 
-def _session_pids(sid: int) -> list[tuple[int, str]]:
-    """Live (non-zombie) processes of session ``sid``: (pid, description)."""
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")[:100]
-        except OSError:
-            continue
-        state, session = fields[0], int(fields[3])
-        if session == sid and state not in ("Z", "X"):
-            out.append((int(name), f"pid {name} state {state} {cmd}"))
-    return out
-
-
 def _kill_session(sid: int) -> None:
-    for pid, _ in _session_pids(sid):
+    for pid, _ in session_processes(sid):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -203,9 +186,9 @@ def run_case(case: tuple) -> Run:
         run.stdout, run.stderr = "".join(lines), "".join(err)
         # every process of the session must be gone; kill what is left so nothing leaks on
         deadline = time.monotonic() + GONE_BOUND_S
-        while _session_pids(proc.pid) and time.monotonic() < deadline:
+        while session_processes(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        run.leftover = [d for _, d in _session_pids(proc.pid)]
+        run.leftover = [d for _, d in session_processes(proc.pid)]
         _kill_session(proc.pid)
         ours = {"sem." + n.lstrip("/") for n in run.reports["sem"]}
         deadline = time.monotonic() + GONE_BOUND_S

@@ -24,6 +24,8 @@ import pytest
 import fmq_loader
 from fmq_loader import ProducersGone, QueueClosed
 
+from _script_report import session_processes
+
 MB = 1 << 20
 
 
@@ -607,23 +609,6 @@ _EXIT_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _session_processes(sid: int) -> list[str]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":  # fields[3]: session id
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-            found.append(f"{pid}: {cmdline}")
-    return found
-
-
 def test_exit_with_items_in_flight_and_no_close_is_silent_and_leaves_nothing(start_method, tmp_path):
     """The seed's documented bug was an EOFError at exit; here: empty stderr, no /dev/shm
     entries, and no process of the program (same session) still alive."""
@@ -639,9 +624,9 @@ def test_exit_with_items_in_flight_and_no_close_is_silent_and_leaves_nothing(sta
         out, err = proc.communicate()
         pytest.fail(f"the program did not exit within 60 s; stderr: {err.decode()[-2000:]}")
     deadline = time.monotonic() + 5.0
-    while _session_processes(proc.pid) and time.monotonic() < deadline:
+    while session_processes(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    left = _session_processes(proc.pid)
+    left = session_processes(proc.pid)
     if left:
         os.killpg(proc.pid, 9)
     assert (proc.returncode, out.decode(), err.decode()) == (0, "exiting\n", "")

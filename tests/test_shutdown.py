@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import queue
 import signal
 import subprocess
@@ -23,26 +24,19 @@ import pytest
 
 pytest.importorskip("torch")
 
+TESTS = pathlib.Path(__file__).resolve().parent
+
 SCRIPT = textwrap.dedent('''
-    import gc, json, multiprocessing as mp, os, signal, sys, time
+    import gc, multiprocessing as mp, os, signal, sys, time
     import torch
     from fmq_loader import FMQLoader
 
     CASE, METHOD = sys.argv[1], sys.argv[2]
 
-    # Name every POSIX semaphore this script creates, so the test can tell its
-    # /dev/shm entries from those of other programs running at the same time.
-    import multiprocessing.synchronize as _sync
-    _make_name = _sync.SemLock._make_name
-
-
-    def _reporting_make_name():
-        name = _make_name()
-        print("sem", json.dumps(name), flush=True)
-        return name
-
-
-    _sync.SemLock._make_name = staticmethod(_reporting_make_name)
+    # Name every POSIX semaphore this script creates (a "sem" line), so the test can
+    # tell its /dev/shm entries from those of other programs running at the same time.
+    from _script_report import error_report, name_semaphores, report
+    name_semaphores()
 
 
     class Dataset:
@@ -67,21 +61,12 @@ SCRIPT = textwrap.dedent('''
             time.sleep(30)
 
 
-    def report(tag, value):
-        print(tag, json.dumps(value), flush=True)
-
-
     def workers():
         return sorted(p.pid for p in mp.active_children())
 
 
     def make(dataset, **kw):
         return FMQLoader(dataset, batch_size=4, num_workers=2, multiprocessing_context=METHOD, **kw)
-
-
-    def error_report(exc, t0=None):
-        return {"types": [c.__name__ for c in type(exc).__mro__], "message": str(exc),
-                "elapsed_s": None if t0 is None else time.monotonic() - t0}
 
 
     if __name__ == "__main__":
@@ -255,13 +240,19 @@ class Run:
                 f"--- stderr\n{self.stderr}")
 
 
+def _script_env() -> dict:
+    """The environment of a case script: tests/ on its path, for _script_report."""
+    path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path}
+
+
 def run_case(tmp_path, case: str, method: str = "fork") -> Run:
     script = tmp_path / "case.py"
     script.write_text(SCRIPT)
     before = _shm()
     start = time.monotonic()
     proc = subprocess.run([sys.executable, str(script), case, method], timeout=60,
-                          capture_output=True, text=True, cwd=tmp_path)
+                          capture_output=True, text=True, cwd=tmp_path, env=_script_env())
     ended = time.monotonic()
     run = Run(proc, proc.stdout, proc.stderr, ended - start, ended)
     assert run.elapsed_s < 30, run
@@ -352,7 +343,7 @@ def test_sigint_raises_keyboard_interrupt_and_ends_workers(tmp_path, target, met
     script.write_text(SCRIPT)
     before = _shm()
     proc = subprocess.Popen([sys.executable, str(script), "sigint", method], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=_default_sigint, start_new_session=True)
     lines: queue.Queue = queue.Queue()
     reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] + [lines.put("")],
