@@ -1,6 +1,7 @@
-"""Progress bars for long CLI work: tqdm when installed, else a plain periodic line on stderr.
+"""Progress bars for long CLI work: tqdm on a terminal when installed, else a plain line on stderr.
 
-tqdm is optional (``pip install "fmq-loader[progress]"``). Without it, ``Progress``
+tqdm is optional (``pip install "fmq-loader[progress]"``) and used only when stderr is a
+terminal (its carriage returns would garble a log file). Otherwise ``Progress``
 rewrites one ``desc: done/total (pct%)`` line in place on a terminal (at most five times
 a second), and on a pipe or a CI log prints a full line at most every ``every_s`` seconds
 plus one at the end, so logs stay short. ``enabled=False`` prints nothing at all.
@@ -47,6 +48,9 @@ class Progress:
         self._every_s = 0.2 if self._tty else every_s
         self._last = time.monotonic()
         if not enabled:
+            return
+        if not self._tty:  # a log file: tqdm's carriage returns would garble it
+            self._plain = fallback
             return
         try:
             from tqdm import tqdm

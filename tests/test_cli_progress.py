@@ -3,6 +3,7 @@ nothing with --no-progress."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 
@@ -42,13 +43,29 @@ def test_disabled_progress_prints_nothing(capsys):
     assert captured.err == "" and captured.out == "a log line\n"
 
 
-def test_tqdm_bar_when_installed(capsys):
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_tqdm_bar_on_a_terminal_when_installed(monkeypatch):
     pytest.importorskip("tqdm")
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
     with Progress(4, desc="bars", unit="img") as bar:
         assert bar.uses_tqdm
         for _ in range(4):
             bar.update()
-    assert "bars: 100%" in capsys.readouterr().err
+    assert "bars: 100%" in terminal.getvalue()
+
+
+def test_plain_line_instead_of_tqdm_when_stderr_is_not_a_terminal(capsys):
+    with Progress(4, desc="bars", unit="img", every_s=0.0) as bar:
+        assert not bar.uses_tqdm
+        for _ in range(4):
+            bar.update()
+    err = capsys.readouterr().err
+    assert "bars" in err and "\r" not in err
 
 
 def test_bench_with_no_progress_writes_nothing_to_stderr(tmp_path, capsys):
