@@ -21,9 +21,9 @@ seeds before every sample from (epoch seed, position in the epoch): with
 ``FMQLoader(seed=...)`` augmentations repeat whatever ``num_workers`` is (seeding.py).
 With ``seed=s``, sample ``i`` in epoch ``e`` draws from ``random.Random(hash(s, e, i))``
 (see NOTE [ transform randomness ] in transforms.py), for loaders that do not seed per
-sample. Call ``set_epoch(e)`` before each epoch's iterator is created; persistent
-workers hold their own copy of the dataset and never see it, so with persistent
-workers prefer ``seed=None`` and ``FMQLoader(seed=...)``.
+sample. Call ``loader.set_epoch(e)`` before each epoch: FMQLoader passes it on to every
+worker's copy, persistent workers included (calling ``ImageFolder.set_epoch`` yourself
+changes only the main process's copy).
 """
 
 from __future__ import annotations

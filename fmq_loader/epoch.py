@@ -54,6 +54,13 @@ def pin(data, device: str = ""):
     return data
 
 
+def _dataset_epoch(loader: "FMQLoader") -> int | None:
+    """``loader.set_epoch()``'s value when the dataset has ``set_epoch``: workers forward it."""
+    if loader._epoch_set and callable(getattr(loader.dataset, "set_epoch", None)):
+        return loader._epoch
+    return None
+
+
 class _Epoch:
     """What both kinds of epoch share: receiving, failures, timeouts, the end."""
 
@@ -162,6 +169,7 @@ class PullEpoch(_Epoch):
         self._current = current  # only the current epoch may start the one after it
         self._tasks = iter(loader._index_sampler)
         self._base_seed = base_seed
+        self._dataset_epoch = _dataset_epoch(loader)
         # Place in the epoch of the next task's first sample: it seeds each sample.
         self._position = 0
         for indices in itertools.islice(self._tasks, start):  # resume: skip what was seen
@@ -216,12 +224,12 @@ class PullEpoch(_Epoch):
                 first = None
                 for part in range(self._n):
                     seq = pool.publish(self._base_seed, position + cuts[part],
-                                       indices[cuts[part]:cuts[part + 1]])
+                                       indices[cuts[part]:cuts[part + 1]], self._dataset_epoch)
                     first = seq if first is None else first
                 self._spans[first] = self._n
                 self._sizes[first] = len(indices)
             else:
-                first = pool.publish(self._base_seed, position, indices)
+                first = pool.publish(self._base_seed, position, indices, self._dataset_epoch)
                 self._spans[first] = 1
                 self._sizes[first] = len(indices) if self._auto_collation else 1
             self._position += self._sizes[first]
@@ -297,7 +305,7 @@ class PushEpoch(_Epoch):
         self._ready: dict[int, Any] = {}
         self._auto_collation = loader.auto_collation
         self._worker_cycle = itertools.cycle(range(self._n))
-        pool.reseed(base_seed)
+        pool.reseed(base_seed, _dataset_epoch(loader))
         self._first = self._next_task = self._next_yield = pool.next_seq
         for _ in range(self._budget):
             self._dispatch()

@@ -277,7 +277,12 @@ class FMQLoader:
         return len(self._index_sampler)
 
     def set_epoch(self, epoch: int) -> None:
-        """Forward ``epoch`` to the sampler (and batch sampler / dataset) that has ``set_epoch``."""
+        """Forward ``epoch`` to the sampler (and batch sampler / dataset) that has ``set_epoch``.
+
+        A dataset's ``set_epoch`` is also called in each worker, on its own copy, before
+        it loads that epoch's samples: with persistent workers (where torch's copies
+        never hear of it) as without.
+        """
         self._epoch = epoch
         self._epoch_set = True
         for obj in self._epoch_aware():

@@ -153,12 +153,12 @@ class ProducerPool:
             self.close()
             raise
 
-    def reseed(self, base_seed: int) -> None:
-        """Start an epoch in every worker: seed ``base_seed + worker_id``."""
+    def reseed(self, base_seed: int, epoch: int | None = None) -> None:
+        """Start an epoch in every worker: seed ``base_seed + worker_id``; ``epoch`` for set_epoch."""
         for pipe in self._task_pipes:
-            pipe.send_bytes(pickle.dumps(Reseed(base_seed), _PROTOCOL))
+            pipe.send_bytes(pickle.dumps(Reseed(base_seed, epoch), _PROTOCOL))
 
-    def publish(self, base_seed: int, position: int, indices) -> int:
+    def publish(self, base_seed: int, position: int, indices, epoch: int | None = None) -> int:
         """Stage one map-style task for the shared board; return its sequence number.
 
         ``flush()`` writes the staged tasks: several tasks cost one ``write``.
@@ -167,7 +167,7 @@ class ProducerPool:
         """
         seq = self.next_seq
         self.next_seq += 1
-        body = pickle.dumps((seq, base_seed, position, indices), _PROTOCOL)
+        body = pickle.dumps((seq, base_seed, position, indices, epoch), _PROTOCOL)
         self._staged += _FRAME.pack(len(body))
         self._staged += body
         return seq

@@ -61,9 +61,14 @@ class Task:
 
 @dataclasses.dataclass(frozen=True)
 class Reseed:
-    """Start of an epoch: seed the RNGs and (iterable datasets) restart the iterator."""
+    """Start of an epoch: seed the RNGs and (iterable datasets) restart the iterator.
+
+    ``epoch``: the value of ``loader.set_epoch()``, passed on to this worker's copy of
+    the dataset (None: it was not called, or the dataset has no ``set_epoch``).
+    """
 
     base_seed: int
+    epoch: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,7 +205,7 @@ def run_worker(spec: WorkerSpec) -> None:
             results.join_thread()  # deliver it before exiting: cancel_join_thread() is in force
             return
     iterator = None
-    seed_seen = None
+    seed_seen = epoch_seen = epoch = None
     torch_gen = torch.default_generator
     row = (None if spec.stats is None else
            np.frombuffer(spec.stats, np.float64)[spec.worker_id * WORKER_FIELDS:][:WORKER_FIELDS])
@@ -219,6 +224,8 @@ def run_worker(spec: WorkerSpec) -> None:
                 _publish_worker_info(spec, seed)
                 iterator = None
                 try:
+                    if msg.epoch is not None:
+                        spec.dataset.set_epoch(msg.epoch)
                     iterator = iter(spec.dataset)
                 except Exception as exc:
                     results.put((-1, spec.worker_id, _failure(spec, exc, "creating the dataset iterator")))
@@ -228,7 +235,7 @@ def run_worker(spec: WorkerSpec) -> None:
             with spec.board_lock:
                 if not spec.board.poll():
                     continue  # another worker took it
-                task_id, base_seed, position, indices = pickle.loads(spec.board.recv_bytes())
+                task_id, base_seed, position, indices, epoch = pickle.loads(spec.board.recv_bytes())
             if task_id < control[MIN_SEQ]:
                 continue  # the rest of an epoch the user left early
             pause = _BOUND_POLL_MIN_S
@@ -249,6 +256,11 @@ def run_worker(spec: WorkerSpec) -> None:
             return  # the parent died
         began = perf_counter()
         try:
+            if not spec.iterable and epoch is not None and epoch != epoch_seen:
+                # loader.set_epoch(): this worker's copy of the dataset follows it (with
+                # persistent workers, the copy in the main process is not the one used)
+                epoch_seen = epoch
+                spec.dataset.set_epoch(epoch)
             if spec.iterable:
                 payload = _next_from_iterable(spec, iterator)
             else:

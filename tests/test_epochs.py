@@ -159,3 +159,44 @@ def test_a_dataset_with_set_epoch_keeps_next_epoch_prefetch():
                            persistent_workers=True, generator=torch.Generator().manual_seed(3))
     assert [first, second] == [_batches(reference), _batches(reference)]
     del reference
+
+
+class EpochEcho(Dataset):
+    """Each sample is the epoch the dataset was last told (by set_epoch)."""
+
+    def __init__(self, n: int = 8) -> None:
+        self.n, self.epoch = n, -1
+
+    def __len__(self) -> int:
+        return self.n
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, i: int) -> int:
+        return self.epoch
+
+
+class EpochEchoStream(torch.utils.data.IterableDataset):
+    def __init__(self, n: int = 8) -> None:
+        self.n, self.epoch = n, -1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        share = self.n // info.num_workers if info is not None else self.n
+        return iter([self.epoch] * share)
+
+
+@pytest.mark.parametrize("dataset", [EpochEcho(8), EpochEchoStream(8)], ids=["map", "iterable"])
+def test_set_epoch_reaches_the_persistent_workers_copies_of_the_dataset(dataset):
+    # torch's DataLoader calls nothing in the workers: their copies keep the epoch they were
+    # made with. Here loader.set_epoch(e) reaches every worker's copy before epoch e's samples.
+    with FMQLoader(dataset, batch_size=2, num_workers=2, persistent_workers=True) as loader:
+        seen = []
+        for epoch in (3, 4, 7):
+            loader.set_epoch(epoch)
+            seen.append(sorted({v for batch in loader for v in batch.tolist()}))
+    assert seen == [[3], [4], [7]]
