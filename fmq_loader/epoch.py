@@ -27,6 +27,7 @@ import torch
 
 from .collate import concat_batches, default_collate
 from .errors import QueueTimeout, WorkerError
+from .stealer import WatchedFdReady
 from .stats import batch_size_of
 from .worker import EndOfData, WorkerFailure, describe_failure
 
@@ -70,7 +71,6 @@ class _Epoch:
         self._loader = loader if current else weakref.proxy(loader)
         self._pool = pool
         self._get = pool.results.get
-        self._next_check = 0.0  # perf_counter() time of the next liveness check in next()
         self._task_failed = False  # the last error was one batch's: the epoch goes on
         self._n = pool.num_workers
         self._in_order = loader.in_order
@@ -91,12 +91,6 @@ class _Epoch:
             raise StopIteration
         start = perf_counter()
         try:
-            if start >= self._next_check:
-                # While results keep coming the wait below never times out: notice a
-                # worker killed by a signal anyway (its tasks would never arrive).
-                self._next_check = start + _POLL_S
-                if self._pool.any_exited():
-                    self._pool.check_alive(signals_only=True)
             batch = self._next_batch()
         except StopIteration:
             self._finish()
@@ -123,11 +117,18 @@ class _Epoch:
         raise exc
 
     def _receive(self):
-        """The next ``(seq, worker_id, payload)``; raises on a dead worker or the timeout."""
+        """The next ``(seq, worker_id, payload)``; raises on a dead worker or the timeout.
+
+        The stealer also watches the workers' sentinels: a worker's exit arrives here as
+        ``WatchedFdReady`` even while the others keep delivering, so a worker killed by a
+        signal is reported at once, at no cost to a ``next()`` whose batch is ready.
+        """
         try:  # the common case: the stealer has it ready
             return self._get(False)
         except _queue.Empty:
             pass
+        except WatchedFdReady:
+            self._pool.check_alive(signals_only=True)  # an exit by itself: see below
         deadline = time.monotonic() + self._timeout if self._timeout > 0 else None
         while True:
             wait = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())
@@ -135,6 +136,11 @@ class _Epoch:
                 return self._pool.get(max(0.0, wait))
             except _queue.Empty:
                 pass
+            except WatchedFdReady:
+                # A worker exited. Killed by a signal: raise now. Exited by itself (a
+                # worker_init_fn failure is sent before that): its message comes first.
+                self._pool.check_alive(signals_only=True)
+                continue
             self._pool.check_alive()
             if deadline is not None and time.monotonic() >= deadline:
                 alive = sum(p.exitcode is None for p in self._pool.workers)

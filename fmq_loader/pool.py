@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import pickle
-import select
 import signal
 import struct
 import sys
@@ -125,7 +124,6 @@ class ProducerPool:
         self.worker_stats = ctx.RawArray("d", WORKER_FIELDS * num_workers)  # see stats.py
         self.started_at: list[float] = []  # time.monotonic() at each worker's start
         self.pids: list[int] = []
-        self._sentinels = select.poll()  # each worker's sentinel: readable once it has exited
         self.next_seq = 0  # sequence number of the next task published (main process only)
         self.consumed = 0  # batches handed to the user, mirrored in control[CONSUMED]
         self.ready: dict[int, Any] = {}  # results received, not yet handed out, by sequence number
@@ -145,10 +143,11 @@ class ProducerPool:
                     proc.start()
                 self.started_at.append(time.monotonic())
                 self.pids.append(proc.pid)
-                self._sentinels.register(proc.sentinel, select.POLLIN)
                 reader.close()  # the worker holds the only reading end
                 self._task_pipes.append(writer)
                 self.workers.append(proc)
+            # The stealer watches the workers' sentinels: get() reports an exit at once.
+            self.results.watch([proc.sentinel for proc in self.workers])
         except BaseException:
             self.close()
             raise
@@ -226,10 +225,6 @@ class ProducerPool:
             return len(self.ready) + self.results.qsize()
         except (OSError, ValueError):  # closed
             return len(self.ready)
-
-    def any_exited(self) -> bool:
-        """Has any worker exited? One ``poll()`` on their sentinels: cheap enough per batch."""
-        return bool(self._sentinels.poll(0))
 
     def check_alive(self, signals_only: bool = False) -> None:
         """Raise ``WorkerError`` if a worker has exited (signal named, OOM hint for SIGKILL).

@@ -49,7 +49,7 @@ from _multiprocessing import SemLock
 from . import codec
 from .errors import QueueClosed
 from .shm import SlabArena, align
-from .stealer import Stealer, _Failed
+from .stealer import Stealer, WatchedFdReady, _Failed
 
 __all__ = ["Queue"]
 
@@ -83,6 +83,7 @@ class _Local:
         self.buffer: _queue.SimpleQueue = _queue.SimpleQueue()
         self.feeder: threading.Thread | None = None
         self.stealer: Stealer | None = None
+        self.watch: tuple[int, ...] = ()  # descriptors the stealer also watches (Queue.watch)
         self.join_at_exit: mp_util.Finalize | None = None
         self.cancel_join = False
         self.feeder_stopping = False
@@ -269,15 +270,28 @@ class Queue:
             queue.Empty: no item within ``timeout`` (or at once with ``block=False``).
             QueueClosed: this process closed the queue.
             RuntimeError: another live process is already this queue's consumer.
+            WatchedFdReady: a descriptor given to ``watch()`` became readable.
         """
         stealer = self._local.stealer
         if stealer is None:  # (a Stealer with nothing buffered is falsy: it has __len__)
             stealer = self._become_consumer()
         item = stealer.take(block, timeout)
-        self._slots.release()
         if type(item) is _Failed:
+            if type(item.error) is not WatchedFdReady:  # that one took no slot
+                self._slots.release()
             raise item.error
+        self._slots.release()
         return item
+
+    def watch(self, fds) -> None:
+        """Have ``get()`` raise ``WatchedFdReady`` once when one of ``fds`` becomes readable.
+
+        For process sentinels: the consumer learns that a producer exited without
+        polling for it. Call it in the consumer process before its first ``get()``.
+        """
+        if self._local.stealer is not None:
+            raise RuntimeError("Queue.watch() must come before this process's first get()")
+        self._local.watch = tuple(fds)
 
     def get_nowait(self):
         """``get(block=False)``."""
@@ -301,7 +315,8 @@ class Queue:
                 self._consumer_pid.value = me
             # A partial over the arena, not a bound method: the stealer (reachable from
             # the finalizer) must not keep the Queue alive.
-            local.stealer = Stealer(self._reader, functools.partial(_rebuild, self._arena))
+            local.stealer = Stealer(self._reader, functools.partial(_rebuild, self._arena),
+                                    watch=local.watch)
             return local.stealer
 
     # -- state ------------------------------------------------------------------

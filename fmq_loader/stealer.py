@@ -20,7 +20,7 @@ from typing import Callable
 
 from .errors import ProducersGone, QueueClosed
 
-__all__ = ["Stealer"]
+__all__ = ["Stealer", "WatchedFdReady"]
 
 
 class _Failed:
@@ -30,6 +30,15 @@ class _Failed:
 
     def __init__(self, error: BaseException) -> None:
         self.error = error
+
+
+class WatchedFdReady(Exception):
+    """Raised by ``take()``: a descriptor passed as ``watch`` became readable (e.g. a process
+    sentinel: that process has exited). Items buffered before it were handed out first."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(f"watched descriptor {fd} is readable")
+        self.fd = fd
 
 
 class _Done:
@@ -102,9 +111,11 @@ class Stealer:
         name: the thread's name, visible in ``py-spy dump``.
     """
 
-    def __init__(self, reader, rebuild: Callable[[bytes], object], name: str = "fmq-stealer") -> None:
+    def __init__(self, reader, rebuild: Callable[[bytes], object], name: str = "fmq-stealer",
+                 watch: tuple[int, ...] = ()) -> None:
         self._reader = reader
         self._rebuild = rebuild
+        self._watch = tuple(watch)
         # SimpleQueue: put/get in C, so handing an item to a blocked get() costs one
         # lock release instead of a Python-level Condition round trip.
         self._items: queue.SimpleQueue = queue.SimpleQueue()
@@ -120,13 +131,24 @@ class Stealer:
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
+        watched = set(self._watch)
+        for other in watched:
+            poller.register(other, select.POLLIN)
         items, rebuild = self._items, self._rebuild
         pending = bytearray()  # bytes read but not yet a whole message
         try:
             while not self._stop_requested:
                 events = poller.poll()
-                if self._stop_requested or len(events) > 1 or events[0][0] == self._wake_r:
+                if self._stop_requested or any(fd == self._wake_r for fd, _ in events):
                     return
+                if len(events) > 1 or events[0][0] != fd:
+                    for ready, _ in events:
+                        if ready in watched:  # reported once, after what came before it
+                            watched.discard(ready)
+                            poller.unregister(ready)
+                            items.put(_Failed(WatchedFdReady(ready)))
+                    if not any(ready == fd for ready, _ in events):
+                        continue
                 # One read takes every small message already in the pipe.
                 for msg in _split_frames(fd, pending):
                     try:
