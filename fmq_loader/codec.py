@@ -78,10 +78,15 @@ def _lookup_dtype(dtype):
     return kind, np_kind
 
 
+def _dtype_pair(dtype):
+    """``(torch dtype, numpy dtype or None)`` for a dtype name, cached: called per tensor."""
+    return _DTYPES.get(dtype) or _lookup_dtype(dtype)
+
+
 def _rebuild_tensor(buf, dtype: str, shape: tuple, requires_grad: bool):
     # Runs in the consumer's stealer thread once per tensor: with a numpy twin of
     # the dtype, numpy types and shapes the bytes and torch is called once.
-    kind, np_kind = _DTYPES.get(dtype) or _lookup_dtype(dtype)
+    kind, np_kind = _dtype_pair(dtype)
     if np_kind is not None:
         arr = np.frombuffer(buf, dtype=np_kind).reshape(shape)
         if not arr.flags.writeable:  # in-band bytes: torch refuses read-only memory
@@ -118,7 +123,7 @@ def _fast_codes() -> dict:
         torch = sys.modules["torch"]
         for code, name in enumerate(_FAST_DTYPE_NAMES):
             kind = getattr(torch, name, None)
-            if isinstance(kind, torch.dtype) and _lookup_dtype(name)[1] is not None:
+            if isinstance(kind, torch.dtype) and _dtype_pair(name)[1] is not None:
                 _FAST_CODES[kind] = code
     return _FAST_CODES
 
@@ -165,7 +170,9 @@ def _decode_fast(payload, buffers):
             pos += _FAST_TENSOR.size
             shape = struct.unpack_from(f"<{ndim}q", payload, pos)
             pos += 8 * ndim
-            np_kind = _lookup_dtype(_FAST_DTYPE_NAMES[code])[1]
+            np_kind = _dtype_pair(_FAST_DTYPE_NAMES[code])[1]
+            if np_kind is None:
+                raise ValueError(f"dtype code {code} has no numpy twin in this torch")
             if inband:
                 raw = bytearray(payload[pos:pos + nbytes])  # a copy: torch wants writable memory
                 pos += nbytes
