@@ -33,15 +33,11 @@ def sample_seed(base_seed: int, position: int) -> int:
     return (x ^ (x >> 31)) & _MASK63
 
 
-def seed_sample(seed: int, _torch_gen=None) -> None:
-    """Seed ``random``, numpy's global RNG and torch's default CPU generator from ``seed``."""
+def seed_sample(seed: int, torch_gen) -> None:
+    """Seed ``random``, numpy's global RNG and ``torch_gen`` (torch's default CPU generator)."""
     random.seed(seed)
     np.random.seed((seed & 0xFFFFFFFF, seed >> 32))
-    if _torch_gen is None:
-        import torch
-
-        _torch_gen = torch.default_generator
-    _torch_gen.manual_seed(seed)
+    torch_gen.manual_seed(seed)
 
 
 def seed_everything(seed: int) -> None:

@@ -162,6 +162,10 @@ def load_batch(dataset, indices, auto_collation: bool, base_seed: int, position:
     samples (auto-collation) or ``dataset[indices]`` (``batch_size=None``).
     Shared by the workers and the ``num_workers=0`` path (see seeding.py).
     """
+    if torch_gen is None:
+        import torch
+
+        torch_gen = torch.default_generator
     if not auto_collation:
         seed_sample(sample_seed(base_seed, position), torch_gen)
         return dataset[indices]
