@@ -104,18 +104,26 @@ def _rebuild_tensor(buf, dtype: str, shape: tuple, requires_grad: bool):
 
 # NOTE [ tensor-list fast path ]
 # A batch from the default collate is most often a list or tuple of plain CPU
-# tensors ([images, labels]). Such an item skips pickle: the stream is a magic
-# header (never the start of a pickle stream, which is 0x80 from protocol 2 on),
-# then dtype, shape and placement of each tensor. Rebuilding it touches far less
-# code than pickle.loads plus a reducer per tensor, which matters because the
-# stealer runs it cold, once per batch, after sleeping in poll().
-_FAST_MAGIC = b"\xfeFQ1"
-_FAST_MAX_ITEMS = 16
-_FAST_HEAD = struct.Struct("<BB")  # container (0 list, 1 tuple), number of tensors
-_FAST_TENSOR = struct.Struct("<BBBQ")  # dtype code, ndim, in-band flag, byte count
+# tensors ([images, labels]), and the loader's workers send it tagged with two
+# ints: (task id, worker id, batch). Such an item -- lists and tuples, up to
+# three deep, of plain CPU tensors and ints -- skips pickle: the stream is a
+# magic header (never the start of a pickle stream, which is 0x80 from protocol
+# 2 on), then the tree in prefix order: a kind byte per node, a count per
+# container, the value of each int, dtype/shape/placement of each tensor.
+# Rebuilding it touches far less code than pickle.loads plus a reducer per
+# tensor, which matters because the stealer runs it cold, once per batch, after
+# sleeping in poll().
+_FAST_MAGIC = b"\xfeFQ2"
+_FAST_MAX_TENSORS = 16
+_FAST_MAX_DEPTH = 3
+_K_LIST, _K_TUPLE, _K_INT, _K_TENSOR = 0, 1, 2, 3
+_FAST_HEAD = struct.Struct("<BB")  # container: kind (list or tuple), number of children
+_FAST_INT = struct.Struct("<Bq")  # kind, value
+_FAST_TENSOR = struct.Struct("<BBBBQ")  # kind, dtype code, ndim, in-band flag, byte count
 _FAST_DTYPE_NAMES = ("uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64",
                      "bool", "complex64", "complex128", "uint16", "uint32", "uint64")
 _FAST_CODES: dict = {}  # torch dtype -> code, filled on first use
+_INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
 def _fast_codes() -> dict:
@@ -128,45 +136,84 @@ def _fast_codes() -> dict:
     return _FAST_CODES
 
 
+class _NotFast(Exception):
+    """Raised inside ``_encode_fast``: the item has something the fast path cannot carry."""
+
+
 def _encode_fast(obj):
-    """``encode`` for a short list/tuple of plain contiguous CPU tensors; None otherwise."""
+    """``encode`` for lists/tuples of plain contiguous CPU tensors and ints; None otherwise."""
     cls = obj.__class__
     torch = sys.modules.get("torch")
-    if (cls is not list and cls is not tuple) or torch is None or not 0 < len(obj) <= _FAST_MAX_ITEMS:
+    if (cls is not list and cls is not tuple) or torch is None:
         return None
-    codes = _fast_codes()
     stream = bytearray(_FAST_MAGIC)
-    stream += _FAST_HEAD.pack(cls is tuple, len(obj))
-    buffers = []
-    for t in obj:
-        if t.__class__ is not torch.Tensor:
-            return None
-        code = codes.get(t.dtype)
-        if (code is None or t.device.type != "cpu" or t.layout != torch.strided
-                or t.requires_grad or t.is_conj() or t.is_neg() or not t.is_contiguous()
-                or t.dim() > 64):
-            return None
-        raw = t.numpy().reshape(-1).view(np.uint8)
-        inband = raw.nbytes < OUT_OF_BAND_MIN_BYTES
-        stream += _FAST_TENSOR.pack(code, t.dim(), inband, raw.nbytes)
-        stream += struct.pack(f"<{t.dim()}q", *t.shape)
-        if inband:
-            stream += raw.tobytes()
-        else:
-            buffers.append(memoryview(raw))
+    buffers: list = []
+    try:
+        _encode_node(obj, stream, buffers, _fast_codes(), torch, [0], 1)
+    except _NotFast:
+        return None
     return bytes(stream), buffers
+
+
+def _encode_node(obj, stream: bytearray, buffers: list, codes: dict, torch, tensors: list,
+                 depth: int) -> None:
+    cls = obj.__class__
+    if cls is list or cls is tuple:
+        if depth > _FAST_MAX_DEPTH or not 0 < len(obj) <= 255:
+            raise _NotFast
+        stream += _FAST_HEAD.pack(_K_TUPLE if cls is tuple else _K_LIST, len(obj))
+        for child in obj:
+            _encode_node(child, stream, buffers, codes, torch, tensors, depth + 1)
+        return
+    if cls is int:  # exactly int: a bool would come back as an int
+        if not _INT64[0] <= obj <= _INT64[1]:
+            raise _NotFast
+        stream += _FAST_INT.pack(_K_INT, obj)
+        return
+    tensors[0] += 1
+    if cls is not torch.Tensor or tensors[0] > _FAST_MAX_TENSORS:
+        raise _NotFast
+    code = codes.get(obj.dtype)
+    if (code is None or obj.device.type != "cpu" or obj.layout != torch.strided
+            or obj.requires_grad or obj.is_conj() or obj.is_neg() or not obj.is_contiguous()
+            or obj.dim() > 64):
+        raise _NotFast
+    raw = obj.numpy().reshape(-1).view(np.uint8)
+    inband = raw.nbytes < OUT_OF_BAND_MIN_BYTES
+    stream += _FAST_TENSOR.pack(_K_TENSOR, code, obj.dim(), inband, raw.nbytes)
+    stream += struct.pack(f"<{obj.dim()}q", *obj.shape)
+    if inband:
+        stream += raw.tobytes()
+    else:
+        buffers.append(memoryview(raw))
 
 
 def _decode_fast(payload, buffers):
     torch = sys.modules.get("torch")
     if torch is None:
         import torch
+    pending = iter(buffers)
     try:
-        container, count = _FAST_HEAD.unpack_from(payload, len(_FAST_MAGIC))
-        pos = len(_FAST_MAGIC) + _FAST_HEAD.size
-        out, pending = [], iter(buffers)
-        for _ in range(count):
-            code, ndim, inband, nbytes = _FAST_TENSOR.unpack_from(payload, pos)
+        obj, pos = _decode_node(payload, len(_FAST_MAGIC), pending, torch.from_numpy, 1)
+        if pos != len(payload) or next(pending, None) is not None:
+            raise ValueError("stream or buffers left over after the last node")
+    except (struct.error, IndexError, StopIteration, TypeError, ValueError) as exc:
+        raise ValueError(f"corrupt tensor-list descriptor ({type(exc).__name__}: {exc})") from None
+    return obj
+
+
+def _decode_node(payload, pos: int, pending, from_numpy, depth: int):
+    """One container node at ``pos``: its value and the position after it. Its int and
+    tensor children are read here, inline: this runs once per batch, cold."""
+    container, count = _FAST_HEAD.unpack_from(payload, pos)
+    if container > _K_TUPLE or depth > _FAST_MAX_DEPTH:
+        raise ValueError(f"node kind {container} at depth {depth} where a list or tuple belongs")
+    pos += _FAST_HEAD.size
+    out = []
+    for _ in range(count):
+        kind = payload[pos]
+        if kind == _K_TENSOR:
+            _, code, ndim, inband, nbytes = _FAST_TENSOR.unpack_from(payload, pos)
             pos += _FAST_TENSOR.size
             shape = struct.unpack_from(f"<{ndim}q", payload, pos)
             pos += 8 * ndim
@@ -179,13 +226,15 @@ def _decode_fast(payload, buffers):
             else:
                 raw = next(pending)
             if len(raw) != nbytes:
-                raise ValueError(f"tensor {len(out)} announces {nbytes} bytes, has {len(raw)}")
-            out.append(torch.from_numpy(np.frombuffer(raw, np_kind).reshape(shape)))
-        if pos != len(payload) or next(pending, None) is not None:
-            raise ValueError("stream or buffers left over after the last tensor")
-    except (struct.error, IndexError, StopIteration, TypeError, ValueError) as exc:
-        raise ValueError(f"corrupt tensor-list descriptor ({type(exc).__name__}: {exc})") from None
-    return tuple(out) if container else out
+                raise ValueError(f"tensor announces {nbytes} bytes, has {len(raw)}")
+            out.append(from_numpy(np.frombuffer(raw, np_kind).reshape(shape)))
+        elif kind == _K_INT:
+            out.append(_FAST_INT.unpack_from(payload, pos)[1])
+            pos += _FAST_INT.size
+        else:
+            child, pos = _decode_node(payload, pos, pending, from_numpy, depth + 1)
+            out.append(child)
+    return (tuple(out) if container == _K_TUPLE else out), pos
 
 
 def encode(obj) -> tuple[bytes, list[memoryview]]:

@@ -123,12 +123,13 @@ class _Epoch:
         ``WatchedFdReady`` even while the others keep delivering, so a worker killed by a
         signal is reported at once, at no cost to a ``next()`` whose batch is ready.
         """
-        try:  # the common case: the stealer has it ready
-            return self._get(False)
-        except _queue.Empty:
-            pass
-        except WatchedFdReady:
-            self._pool.check_alive(signals_only=True)  # an exit by itself: see below
+        if self._timeout <= 0:
+            try:  # the common case: ready now, or within one wait (no exception raised)
+                return self._get(True, _POLL_S)
+            except _queue.Empty:
+                pass
+            except WatchedFdReady:
+                self._pool.check_alive(signals_only=True)  # an exit by itself: see below
         deadline = time.monotonic() + self._timeout if self._timeout > 0 else None
         while True:
             wait = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())

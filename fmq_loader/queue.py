@@ -43,7 +43,6 @@ import weakref
 from multiprocessing import context as mp_context
 from multiprocessing import util as mp_util
 
-import numpy as np
 from _multiprocessing import SemLock
 
 from . import codec
@@ -436,9 +435,9 @@ def _rebuild(arena: SlabArena, msg: bytes):
         return codec.decode(stream, ())
     if kind == SLAB:
         end = max(off + n for off, n in table)
-        token = arena.lease(slab, end)
-        buffers = [np.frombuffer(token, np.uint8, n, off) for off, n in table]
-        return codec.decode(stream, buffers)
+        # Slices of one memoryview of the token: each keeps the token (the lease) alive.
+        token = memoryview(arena.lease(slab, end))
+        return codec.decode(stream, [token[off:off + n] for off, n in table])
     data = view[pos + nstream:]
     arena.pipe_items += 1
     if any(off + n > len(data) for off, n in table):

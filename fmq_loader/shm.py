@@ -93,6 +93,8 @@ class SlabArena:
         self._leased: set[int] = set()  # slabs this process (the consumer) holds views of
         self.pipe_items = 0  # consumer: items that came through the pipe, every slab being held
         self._lease_refs: dict[int, weakref.ref] = {}  # slab -> weakref to its lease token
+        me = weakref.ref(self)  # made once: lease() runs once per batch
+        self._lease_ended = [functools.partial(_lease_ended, me, slab) for slab in range(self.num_slabs)]
         self._closed = False
 
     # -- pickling: only while spawning a child, like multiprocessing's own objects
@@ -204,8 +206,7 @@ class SlabArena:
         self._leased.add(slab)
         # A plain weakref (kept here) is cheaper than weakref.finalize; its callback
         # runs when the token, and so every view of the slab, is gone.
-        self._lease_refs[slab] = weakref.ref(
-            token, functools.partial(_lease_ended, weakref.ref(self), slab))
+        self._lease_refs[slab] = weakref.ref(token, self._lease_ended[slab])
         return token
 
     def _mapping(self, slab: int, end: int) -> mmap.mmap:

@@ -130,18 +130,44 @@ def test_tensor_lists_the_fast_path_cannot_carry_still_round_trip_through_pickle
         assert all(torch.equal(a, b) for a, b in zip(got, batch) if isinstance(a, torch.Tensor))
 
 
+def test_tagged_batches_take_the_fast_path_with_their_ints_and_nesting_intact():
+    """The loader's workers send (task id, worker id, batch): that must skip pickle too."""
+    import torch
+
+    images, labels = torch.randint(0, 255, (4, 3, 64, 64), dtype=torch.uint8), torch.arange(4)
+    for item in [(7, 1, [images, labels]), (-1, 0, (images, (labels, 2 ** 62)))]:
+        got, stream, _ = _round_trip(item)
+        assert stream.startswith(codec._FAST_MAGIC)
+        assert type(got) is tuple and got[:2] == item[:2] and type(got[2]) is type(item[2])
+        assert torch.equal(got[2][0], images) and torch.equal(got[2][1] if item[0] == 7 else
+                                                              got[2][1][0], labels)
+    assert got[2][1][1] == 2 ** 62
+
+
+@pytest.mark.parametrize("item", [(True, [1]), (np.int64(3), [1]), (2 ** 63, [1]), ([[[[1]]]],),
+                                  ("label", [1]), ([], [1])],
+                         ids=["bool", "numpy int", "past int64", "four deep", "str", "empty"])
+def test_items_the_fast_path_cannot_carry_exactly_round_trip_through_pickle(item):
+    got, stream, _ = _round_trip(item)
+    assert not stream.startswith(codec._FAST_MAGIC)
+    assert got == item and type(got[0]) is type(item[0])
+
+
 def _corrupt_streams():
     import torch
 
     stream, buffers = codec.encode([torch.zeros(64, 16), torch.arange(3)])
     head = len(codec._FAST_MAGIC) + codec._FAST_HEAD.size
     bad_dtype = bytearray(stream)
-    bad_dtype[head] = 200
+    bad_dtype[head + 1] = 200  # after the tensor's kind byte
     bad_shape = bytearray(stream)
     bad_shape[head + codec._FAST_TENSOR.size] = 99  # first dim 99: shape no longer fits the bytes
     return {
         "truncated": (stream[:-5], buffers),
         "dtype code out of range": (bytes(bad_dtype), buffers),
+        "node kind unknown": (stream[:head] + b"\x09" + stream[head + 1:], buffers),
+        "an int where the top container belongs": (
+            codec._FAST_MAGIC + codec._FAST_INT.pack(codec._K_INT, 5), []),
         "shape does not match the bytes": (bytes(bad_shape), buffers),
         "a buffer missing": (stream, []),
         "a buffer too many": (stream, buffers + buffers),
