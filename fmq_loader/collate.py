@@ -118,6 +118,29 @@ def default_convert(data: Any) -> Any:
     return data
 
 
+def _cat_one_thread(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat(parts, 0)``, copied by this thread alone.
+
+    The join runs while the workers are already decoding the next batches on every
+    core. torch.cat splits a large copy over its intra-op threads and then waits for
+    all of them; a helper thread that cannot get a core holds the join up by whole
+    scheduler slices (5-20 ms measured against 2 ms uncontended). numpy copies in
+    the calling thread. Anything numpy cannot hold (bfloat16, grad, mixed dtypes or
+    shapes) goes to torch.cat, which also raises torch's errors.
+    """
+    first = parts[0]
+    rest = first.shape[1:]
+    if first.dim() == 0 or any(p.dtype != first.dtype or p.shape[1:] != rest for p in parts):
+        return torch.cat(list(parts), 0)
+    try:
+        arrays = [p.numpy() for p in parts]
+    except (RuntimeError, TypeError):  # not a plain CPU tensor numpy can view
+        return torch.cat(list(parts), 0)
+    out = torch.empty((sum(a.shape[0] for a in arrays), *rest), dtype=first.dtype)
+    np.concatenate(arrays, axis=0, out=out.numpy())
+    return out
+
+
 def concat_batches(parts: Sequence[Any]) -> Any:
     """Join batches that ``default_collate`` made from consecutive slices of one batch.
 
@@ -127,7 +150,7 @@ def concat_batches(parts: Sequence[Any]) -> Any:
     """
     first = parts[0]
     if isinstance(first, torch.Tensor):
-        return torch.cat(list(parts), 0)
+        return _cat_one_thread(parts)
     if isinstance(first, collections.abc.Mapping):
         merged = {key: concat_batches([p[key] for p in parts]) for key in first}
         try:

@@ -287,8 +287,10 @@ class PullEpoch(_Epoch):
         self._samples = self._sizes.pop(first)
         ready = self._pool.ready
         self._yielded += 1
-        self._pool.mark_consumed(nparts)
-        self.top_up()
+        pool = self._pool
+        pool.mark_consumed(nparts)
+        if pool.next_seq <= pool.consumed + pool.budget:  # top_up()'s own test, without the call
+            self.top_up()
         if nparts == 1:
             batch = ready.pop(first)
             if batch.__class__ is WorkerFailure:

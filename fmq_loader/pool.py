@@ -121,6 +121,8 @@ class ProducerPool:
         self._staged = bytearray()  # framed tasks not yet written (publish / flush)
         self.control = ctx.RawArray("q", 4)
         self.control[BUDGET] = max_outstanding
+        # The same words as a memoryview: storing one costs a C call, not ctypes' __setitem__.
+        self._words = memoryview(self.control).cast("B").cast("q")
         self.worker_stats = ctx.RawArray("d", WORKER_FIELDS * num_workers)  # see stats.py
         self.started_at: list[float] = []  # time.monotonic() at each worker's start
         self.pids: list[int] = []
@@ -181,7 +183,7 @@ class ProducerPool:
     def mark_consumed(self, n: int = 1) -> None:
         """``n`` more tasks were handed to the user: workers may start ``n`` more."""
         self.consumed += n
-        self.control[CONSUMED] = self.consumed
+        self._words[CONSUMED] = self.consumed
 
     def skip_below(self, seq: int) -> None:
         """Drop every task numbered below ``seq`` (an epoch the user left early).

