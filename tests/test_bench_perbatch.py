@@ -12,6 +12,8 @@ def test_perbatch_bench_prints_per_thread_cpu_and_hot_cold_decode():
     assert done.returncode == 0, done.stderr[-2000:]
     assert "MainThread" in done.stdout and "fmq-stealer" in done.stdout, done.stdout
     assert "ms CPU per batch" in done.stdout and "after a 10 ms sleep" in done.stdout
+    assert "wake-up floor, read in the waiting thread" in done.stdout
+    assert "wake-up floor, read by a thread, handed over" in done.stdout
 
 
 def test_bench_help_lists_every_benchmark():

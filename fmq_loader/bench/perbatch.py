@@ -5,7 +5,9 @@ A decode-bound synthetic loop (each sample busy-waits ``--delay-ms``, then is a
 main thread's and the stealer thread's CPU time (``pthread_getcpuclockid``)
 are divided by the batches. Then ``codec.decode`` of one such batch is timed
 in a hot loop and after a 10 ms sleep each time, which is how a loader runs it:
-once per batch, with cold caches.
+once per batch, with cold caches. Last, the floor any design pays per batch:
+the process CPU of receiving 64 bytes from a busy producer process, read by the
+waiting thread itself and handed over by a second thread (fmq's stealer shape).
 
     python -m fmq_loader.bench perbatch [--batches N] [--delay-ms D]
 """
@@ -13,6 +15,8 @@ once per batch, with cold caches.
 from __future__ import annotations
 
 import argparse
+import os
+import queue
 import statistics
 import threading
 import time
@@ -83,6 +87,62 @@ def decode_hot_and_cold(repeats: int = 60) -> tuple[float, float]:
     return result[0], result[1]
 
 
+def _busy_writer(fd: int, n: int, period_s: float) -> None:
+    for _ in range(n):
+        end = time.perf_counter() + period_s
+        while time.perf_counter() < end:  # busy between messages, like a decoding worker
+            pass
+        os.write(fd, b"x" * 64)
+
+
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def wakeup_floor(n: int = 150, period_s: float = 0.012) -> dict[str, float]:
+    """Median µs of process CPU to receive one 64-byte message: read directly, or via a thread.
+
+    As in a decode-bound loader, every core is busy: the writer, and one spinning
+    process per other core (at most 7). With an idle core the figures are several
+    times higher, since the woken thread then starts on a core that was asleep.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    out = {}
+    for mode in ("read in the waiting thread", "read by a thread, handed over"):
+        r, w = os.pipe()
+        writer = ctx.Process(target=_busy_writer, args=(w, n, period_s))
+        spinners = [ctx.Process(target=_spin, args=(n * period_s + 2.0,), daemon=True)
+                    for _ in range(min(7, (os.cpu_count() or 1) - 1))]
+        for proc in (writer, *spinners):
+            proc.start()
+        os.close(w)
+        cpu = []
+        try:
+            if mode.startswith("read in"):
+                get = lambda: os.read(r, 4096)  # noqa: E731
+            else:
+                handed: queue.SimpleQueue = queue.SimpleQueue()
+                threading.Thread(target=lambda: [handed.put(os.read(r, 4096)) for _ in range(n)],
+                                 daemon=True).start()
+                get = handed.get
+            for _ in range(n):
+                c0 = time.process_time()
+                get()
+                cpu.append(time.process_time() - c0)
+        finally:
+            writer.join(10)
+            for proc in spinners:
+                proc.kill()
+                proc.join()
+            os.close(r)
+        out[mode] = 1e6 * statistics.median(cpu)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m fmq_loader.bench perbatch", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -96,6 +156,8 @@ def main(argv=None) -> int:
     hot, cold = decode_hot_and_cold()
     print(f"codec.decode([images, labels]): {hot:.1f} us hot, {cold:.1f} us after a 10 ms sleep "
           f"({cold / hot:.0f}x)")
+    for mode, us in wakeup_floor().items():
+        print(f"wake-up floor, {mode}: {us:.1f} us CPU per message")
     return 0
 
 
