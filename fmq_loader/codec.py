@@ -123,6 +123,8 @@ _FAST_TENSOR = struct.Struct("<BBBBQ")  # kind, dtype code, ndim, in-band flag, 
 _FAST_DTYPE_NAMES = ("uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64",
                      "bool", "complex64", "complex128", "uint16", "uint32", "uint64")
 _FAST_CODES: dict = {}  # torch dtype -> code, filled on first use
+_FAST_NUMPY: list = []  # code -> numpy dtype (None: no twin), filled on first decode
+_SHAPES = [struct.Struct(f"<{n}q") for n in range(65)]  # shape of an n-dim tensor
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
@@ -181,7 +183,7 @@ def _encode_node(obj, stream: bytearray, buffers: list, codes: dict, torch, tens
     raw = obj.numpy().reshape(-1).view(np.uint8)
     inband = raw.nbytes < OUT_OF_BAND_MIN_BYTES
     stream += _FAST_TENSOR.pack(_K_TENSOR, code, obj.dim(), inband, raw.nbytes)
-    stream += struct.pack(f"<{obj.dim()}q", *obj.shape)
+    stream += _SHAPES[obj.dim()].pack(*obj.shape)
     if inband:
         stream += raw.tobytes()
     else:
@@ -193,6 +195,8 @@ def _decode_fast(payload, buffers):
     if torch is None:
         import torch
     pending = iter(buffers)
+    if not _FAST_NUMPY:
+        _FAST_NUMPY[:] = [_dtype_pair(name)[1] for name in _FAST_DTYPE_NAMES]
     try:
         obj, pos = _decode_node(payload, len(_FAST_MAGIC), pending, torch.from_numpy, 1)
         if pos != len(payload) or next(pending, None) is not None:
@@ -215,9 +219,9 @@ def _decode_node(payload, pos: int, pending, from_numpy, depth: int):
         if kind == _K_TENSOR:
             _, code, ndim, inband, nbytes = _FAST_TENSOR.unpack_from(payload, pos)
             pos += _FAST_TENSOR.size
-            shape = struct.unpack_from(f"<{ndim}q", payload, pos)
+            shape = _SHAPES[ndim].unpack_from(payload, pos)
             pos += 8 * ndim
-            np_kind = _dtype_pair(_FAST_DTYPE_NAMES[code])[1]
+            np_kind = _FAST_NUMPY[code]
             if np_kind is None:
                 raise ValueError(f"dtype code {code} has no numpy twin in this torch")
             if inband:

@@ -270,7 +270,7 @@ class PullEpoch(_Epoch):
                 continue
             if self._in_order:
                 first = next(iter(self._spans))
-                if self._complete(first):
+                if first in self._pool.ready and (self._spans[first] == 1 or self._complete(first)):
                     return self._hand_out(first)
             else:  # any complete batch of ours; the successor's results wait in the same dict
                 for first in self._spans:

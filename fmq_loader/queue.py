@@ -275,7 +275,7 @@ class Queue:
         if stealer is None:  # (a Stealer with nothing buffered is falsy: it has __len__)
             stealer = self._become_consumer()
         item = stealer.take(block, timeout)
-        if type(item) is _Failed:
+        if item.__class__ is _Failed:
             if type(item.error) is not WatchedFdReady:  # that one took no slot
                 self._slots.release()
             raise item.error
@@ -409,6 +409,12 @@ def _corrupt(msg, what: str) -> ValueError:
                       "fmq_loader/queue.py)")
 
 
+@functools.lru_cache(maxsize=64)
+def _entries(n: int) -> struct.Struct:
+    """The buffer table of ``n`` entries, as one Struct."""
+    return struct.Struct(f"<{2 * n}Q")
+
+
 def _rebuild(arena: SlabArena, msg: bytes):
     """Rebuild one item from its message (runs in the stealer thread; holds no Queue).
 
@@ -427,17 +433,21 @@ def _rebuild(arena: SlabArena, msg: bytes):
         raise _corrupt(msg, f"header announces {nbuf} buffers and a {nstream:,}-byte stream")
     if (kind == INLINE) != (nbuf == 0) or (kind != SLAB and slab != -1):
         raise _corrupt(msg, f"kind {kind} with {nbuf} buffers and slab {slab}")
-    table = [_ENTRY.unpack_from(msg, pos + i * _ENTRY.size) for i in range(nbuf)]
-    pos += nbuf * _ENTRY.size
     view = memoryview(msg)
-    stream = view[pos:pos + nstream]
+    stream = view[pos + nbuf * _ENTRY.size:body]
     if kind == INLINE:
         return codec.decode(stream, ())
+    flat = _entries(nbuf).unpack_from(msg, pos)  # offset, length, offset, length, ...
+    pos += nbuf * _ENTRY.size
     if kind == SLAB:
-        end = max(off + n for off, n in table)
         # Slices of one memoryview of the token: each keeps the token (the lease) alive.
-        token = memoryview(arena.lease(slab, end))
-        return codec.decode(stream, [token[off:off + n] for off, n in table])
+        if nbuf == 1:  # the usual batch: one large tensor (the labels travel in-band)
+            token = memoryview(arena.lease(slab, flat[0] + flat[1]))
+            return codec.decode(stream, [token[flat[0]:flat[0] + flat[1]]])
+        ends = [flat[i] + flat[i + 1] for i in range(0, 2 * nbuf, 2)]
+        token = memoryview(arena.lease(slab, max(ends)))
+        return codec.decode(stream, [token[flat[i]:ends[i // 2]] for i in range(0, 2 * nbuf, 2)])
+    table = list(zip(flat[::2], flat[1::2]))
     data = view[pos + nstream:]
     arena.pipe_items += 1
     if any(off + n > len(data) for off, n in table):

@@ -88,6 +88,9 @@ class SlabArena:
         self._ctrl = mmap.mmap(self._ctrl_fd, 16 * self.num_slabs)
         words = np.frombuffer(self._ctrl, dtype=np.int64)
         self._state = words[: self.num_slabs]
+        # The same words as a memoryview, for the per-batch paths (lease, release):
+        # indexing it yields a plain int, where numpy builds a scalar object.
+        self._state_words = memoryview(self._ctrl).cast("q")
         self._sizes = words[self.num_slabs :]
         self._maps: dict[int, tuple[mmap.mmap, int]] = {}
         self._leased: set[int] = set()  # slabs this process (the consumer) holds views of
@@ -179,9 +182,9 @@ class SlabArena:
 
     def release(self, slab: int) -> None:
         """Return ``slab`` to the free set (idempotent per claim)."""
-        if self._closed or self._state[slab] == 0:
+        if self._closed or self._state_words[slab] == 0:
             return
-        self._state[slab] = 0
+        self._state_words[slab] = 0
         self._free_slabs.release()
 
     # -- consumer side
@@ -197,7 +200,7 @@ class SlabArena:
         if not 0 <= slab < self.num_slabs or end < 0:
             raise ValueError(f"descriptor names slab {slab} / end {end}, outside the arena of "
                              f"{self.num_slabs} slabs; the queue's pipe carried a corrupt message")
-        if self._state[slab] != 1 or slab in self._leased:
+        if self._state_words[slab] != 1 or slab in self._leased:
             raise ValueError(f"descriptor names slab {slab}, which no producer claimed for it "
                              f"({'already held by an earlier item' if slab in self._leased else 'free'}); "
                              "the queue's pipe carried a corrupt or repeated message")
@@ -236,6 +239,7 @@ class SlabArena:
         self._closed = True
         self._maps.clear()
         self._state = self._sizes = None  # views of the control mapping: drop them first
+        self._state_words.release()
         try:
             self._ctrl.close()
         except BufferError:  # a view of it is still referenced somewhere

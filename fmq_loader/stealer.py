@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import queue
 import select
+import struct
 import threading
 from typing import Callable
 
@@ -51,6 +52,7 @@ class _Done:
 
 
 _READ_SIZE = 1 << 16
+_LENGTH = struct.Struct(">i")
 _BIG = 1 << 20  # a message at least this large is read straight into its own buffer
 
 
@@ -69,7 +71,24 @@ def _split_frames(fd: int, pending: bytearray) -> list:
     chunk = os.read(fd, _READ_SIZE)
     if not chunk:
         raise EOFError
+    if not pending:  # the usual case: whole small messages, sliced out of the chunk uncopied
+        out, pos, end = [], 0, len(chunk)
+        while end - pos >= 4:
+            size = _LENGTH.unpack_from(chunk, pos)[0]
+            if size < 0 or end - pos - 4 < size:
+                break
+            out.append(memoryview(chunk)[pos + 4:pos + 4 + size])
+            pos += 4 + size
+        if pos == end:
+            return out
+        pending += chunk[pos:]  # a message split across reads, or a large one: below
+        return out + _split_pending(fd, pending)
     pending += chunk
+    return _split_pending(fd, pending)
+
+
+def _split_pending(fd: int, pending: bytearray) -> list:
+    """The whole messages in ``pending`` (removed from it); reads the rest of a large one."""
     out = []
     while len(pending) >= 4:
         size = int.from_bytes(pending[:4], "big", signed=True)
