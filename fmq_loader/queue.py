@@ -319,6 +319,11 @@ class Queue:
             return local.stealer
 
     # -- state ------------------------------------------------------------------
+    def buffered(self) -> int:
+        """Items this process's stealer holds ready: ``get()`` returns one at once."""
+        stealer = self._local.stealer
+        return 0 if stealer is None else len(stealer)
+
     def qsize(self) -> int:
         """Items put and not yet returned by ``get()``: a snapshot; a following ``get()`` may still block."""
         bound = self._maxsize if self._maxsize > 0 else _SEM_VALUE_MAX

@@ -200,3 +200,27 @@ def test_set_epoch_reaches_the_persistent_workers_copies_of_the_dataset(dataset)
             loader.set_epoch(epoch)
             seen.append(sorted({v for batch in loader for v in batch.tolist()}))
     assert seen == [[3], [4], [7]]
+
+
+def test_a_loop_that_never_waits_refills_only_when_no_spare_task_is_left():
+    """NOTE [ refill while waiting ]: with every batch ready, next() publishes tasks only
+    once no spare task lies beyond the prefetch bound, and the board never runs dry."""
+    with FMQLoader(Numbers(400), batch_size=2, num_workers=2, persistent_workers=True,
+                   multiprocessing_context="fork") as loader:
+        it = iter(loader)
+        got = [next(it).tolist()]
+        pool = loader._pool
+        refills = 0
+        for _ in range(60):
+            deadline = time.monotonic() + 10
+            while not pool.results.buffered() and time.monotonic() < deadline:
+                time.sleep(0.005)  # a training step: the prefetch fills meanwhile
+            spare = pool.next_seq - (pool.consumed + 1) - pool.budget  # after this hand-out
+            published = pool.next_seq
+            got.append(next(it).tolist())
+            if pool.next_seq != published:
+                refills += 1
+                assert spare <= 0, "a ready next() refilled while spare tasks remained"
+            assert pool.next_seq >= pool.consumed + pool.budget, "the board ran dry"
+        assert refills >= 10  # about one per 2 * num_workers batches
+    assert got == [[2 * k, 2 * k + 1] for k in range(61)]
