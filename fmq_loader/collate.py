@@ -125,12 +125,14 @@ def _cat_one_thread(parts: Sequence[torch.Tensor]) -> torch.Tensor:
     core. torch.cat splits a large copy over its intra-op threads and then waits for
     all of them; a helper thread that cannot get a core holds the join up by whole
     scheduler slices (5-20 ms measured against 2 ms uncontended). numpy copies in
-    the calling thread. Anything numpy cannot hold (bfloat16, grad, mixed dtypes or
-    shapes) goes to torch.cat, which also raises torch's errors.
+    the calling thread. Anything else (bfloat16, grad, mixed dtypes or shapes,
+    non-contiguous parts, whose memory format torch.cat may keep) goes to
+    torch.cat, which also raises torch's errors.
     """
     first = parts[0]
     rest = first.shape[1:]
-    if first.dim() == 0 or any(p.dtype != first.dtype or p.shape[1:] != rest for p in parts):
+    if first.dim() == 0 or any(p.dtype != first.dtype or p.shape[1:] != rest
+                               or not p.is_contiguous() for p in parts):
         return torch.cat(list(parts), 0)
     try:
         arrays = [p.numpy() for p in parts]
