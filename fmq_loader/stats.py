@@ -69,7 +69,7 @@ class LoaderStats:
                 f"{self.recent_samples_per_s:.1f} samples/s (overall {self.samples_per_s:.1f}), "
                 f"data-bound {self.recent_data_bound:.0%} (overall {self.data_bound:.0%}),{busy}, "
                 f"queue {self.queue_depth}, "
-                f"shm {self.shared_memory_bytes / 2**20:.1f} MiB, skipped files {self.skipped_files}")
+                f"slabs {self.shared_memory_bytes / 2**20:.1f} MiB, skipped files {self.skipped_files}")
 
     def format(self) -> str:
         """A small human-readable table."""
@@ -82,8 +82,8 @@ class LoaderStats:
             f"waiting in next()  {self.wait_s:.2f} s = data-bound share {self.data_bound:.1%} "
             f"overall, {self.recent_data_bound:.1%} over the last {_WINDOW_S:.0f} s",
             f"queue depth        {self.queue_depth} batches ready",
-            f"shared memory      {self.shared_memory_bytes / 2**20:.1f} MiB, "
-            f"{self.pipe_batches} batches through the pipe (all slabs held)",
+            f"shared memory      {self.shared_memory_bytes / 2**20:.1f} MiB of slabs; "
+            f"{self.pipe_batches} batches sent through the pipe for want of a free slab",
             f"skipped files      {self.skipped_files}",
         ]
         if self.workers:
