@@ -128,8 +128,8 @@ class _Epoch:
                 return self._get(True, _POLL_S)
             except _queue.Empty:
                 pass
-            except WatchedFdReady:
-                self._pool.check_alive(signals_only=True)  # an exit by itself: see below
+            except WatchedFdReady as exited:
+                self._pool.check_alive(signals_only=True, exiting=exited.fd)  # by itself: below
         deadline = time.monotonic() + self._timeout if self._timeout > 0 else None
         while True:
             wait = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())
@@ -137,10 +137,10 @@ class _Epoch:
                 return self._pool.get(max(0.0, wait))
             except _queue.Empty:
                 pass
-            except WatchedFdReady:
+            except WatchedFdReady as exited:
                 # A worker exited. Killed by a signal: raise now. Exited by itself (a
                 # worker_init_fn failure is sent before that): its message comes first.
-                self._pool.check_alive(signals_only=True)
+                self._pool.check_alive(signals_only=True, exiting=exited.fd)
                 continue
             self._pool.check_alive()
             if deadline is not None and time.monotonic() >= deadline:

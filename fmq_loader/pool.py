@@ -84,6 +84,9 @@ def _warm_pillow() -> None:
             pass
 
 
+_REAP_S = 2.0  # longest wait for a worker whose sentinel is ready to become reapable
+
+
 class ProducerPool:
     """Worker processes that load, transform and collate batches into shared memory.
 
@@ -228,12 +231,20 @@ class ProducerPool:
         except (OSError, ValueError):  # closed
             return len(self.ready)
 
-    def check_alive(self, signals_only: bool = False) -> None:
+    def check_alive(self, signals_only: bool = False, exiting: int | None = None) -> None:
         """Raise ``WorkerError`` if a worker has exited (signal named, OOM hint for SIGKILL).
 
         ``signals_only``: only a worker killed by a signal counts (it can have sent
         nothing); one that exited by itself may still have a failure in the pipe.
+        ``exiting``: the sentinel of a worker seen exiting. A dying process closes its
+        descriptors (the sentinel reads as ready) before it becomes a zombie, so
+        ``exitcode`` can still say None for a moment: that worker is reaped first
+        (a bounded wait). Missing that moment would leave a worker killed before it
+        took a task unreported while the others keep the loop fed.
         """
+        for proc in self.workers:
+            if exiting is not None and proc.sentinel == exiting:
+                proc.join(_REAP_S)
         for wid, proc in enumerate(self.workers):
             code = proc.exitcode
             if code is None or (signals_only and code >= 0):

@@ -395,3 +395,62 @@ def test_interpreter_exit_holding_an_iterator_is_prompt_and_silent(tmp_path, met
     run = run_case(tmp_path, "exit_holding_iterator", method)
     assert (run.returncode, run.stderr) == (0, ""), run
     assert run.ended_at - run.reports["end"] < 3.0, run
+
+
+def _close_sentinel_then_die(path: str, worker_id: int) -> None:
+    """worker_init_fn: worker 0 exits the way the kernel takes a process down, slowed.
+
+    A dying process's descriptors close (its sentinel reads as ready) before it is a
+    zombie its parent can reap. Here worker 0 closes its end of its sentinel pipe
+    (its inode is in ``path``), lives 0.5 s longer, and is then killed, having taken
+    no task, while worker 1 keeps the loop fed.
+    """
+    if worker_id != 0:
+        return
+    deadline = time.monotonic() + 10
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    with open(path) as f:
+        pipe = f"pipe:[{f.read()}]"
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == pipe:
+                os.close(int(fd))
+        except OSError:
+            pass
+    time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _Ints:
+    def __len__(self) -> int:
+        return 10**6
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def test_worker_whose_sentinel_is_ready_before_it_can_be_reaped_is_still_reported(tmp_path):
+    """Regression (exit matrix, spawn, ~1 run in 18): the stealer reported the sentinel
+    once, the worker was not yet reapable, and the loop ran on without noticing."""
+    import functools
+
+    from fmq_loader import FMQLoader
+    from fmq_loader.errors import WorkerError
+
+    path = str(tmp_path / "sentinel_inode")
+    loader = FMQLoader(_Ints(), batch_size=2, num_workers=2, multiprocessing_context="fork",
+                       worker_init_fn=functools.partial(_close_sentinel_then_die, path))
+    try:
+        it = iter(loader)
+        victim = it._pool.workers[0]
+        with open(path + ".tmp", "w") as f:
+            f.write(str(os.fstat(victim.sentinel).st_ino))
+        os.rename(path + ".tmp", path)
+        start = time.monotonic()
+        with pytest.raises(WorkerError, match=f"pid {victim.pid}.*SIGKILL"):
+            for _ in it:
+                assert time.monotonic() - start < 10, "the killed worker was never reported"
+        assert time.monotonic() - start < 3.0
+    finally:
+        loader.close()
