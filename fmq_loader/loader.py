@@ -47,7 +47,7 @@ from torch.utils.data import (BatchSampler, DistributedSampler, IterableDataset,
 from .collate import default_collate, default_convert
 from .distributed import EpochOrder, detect_rank
 from .epoch import PullEpoch, PushEpoch, pin
-from .pool import ProducerPool
+from .pool import ProducerPool, warm_pillow
 from .resume import EpochProgress, loader_state, order_sampler, parse_state
 from .stats import LoaderStats, Meter
 from .worker import load_batch
@@ -202,6 +202,8 @@ class FMQLoader:
         self.extra_slabs = extra_slabs
         self.seed = seed
         self.multiprocessing_context = self._resolve_context(multiprocessing_context)
+        if num_workers > 0 and self.multiprocessing_context.get_start_method() == "fork":
+            warm_pillow()  # now, not on the way to the first batch
         self.pin_memory = pin_memory
         self.pin_memory_device = pin_memory_device
         if pin_memory and not torch.cuda.is_available():

@@ -69,12 +69,14 @@ def _sigint_ignored():
         signal.signal(signal.SIGINT, previous)
 
 
-def _warm_pillow() -> None:
-    """Under fork, load Pillow's image plugins once here rather than in every worker.
+def warm_pillow() -> None:
+    """Under fork, load Pillow's image plugins once in the parent rather than in every worker.
 
     ``PIL.Image.open`` imports its plugins on first use: ~5 ms in each fresh
     worker, on its first image, so on the way to the first batch. Only when the
-    program has imported Pillow already (its dataset uses it).
+    program has imported Pillow already (its dataset uses it). ``FMQLoader``
+    calls it when it is constructed (~7 ms, once), so ``iter()`` does not wait
+    for it; here it is a no-op by then.
     """
     image = sys.modules.get("PIL.Image")
     if image is not None:
@@ -134,7 +136,7 @@ class ProducerPool:
         self.ready: dict[int, Any] = {}  # results received, not yet handed out, by sequence number
         try:
             if method == "fork":
-                _warm_pillow()
+                warm_pillow()
             board_lock = self._board_lock = ctx.Lock()
             for wid in range(num_workers):
                 reader, writer = ctx.Pipe(duplex=False)
@@ -182,6 +184,11 @@ class ProducerPool:
         view, fd = memoryview(data), self._board_fd
         while view:
             view = view[os.write(fd, view):]
+
+    def set_bound(self, budget: int | None = None) -> None:
+        """Workers may start a task only while ``seq < consumed + budget``; None: the pool's own
+        ``budget`` (prefetch_factor x num_workers). See NOTE [ a core for the first join ]."""
+        self._words[BUDGET] = self.budget if budget is None else budget
 
     def mark_consumed(self, n: int = 1) -> None:
         """``n`` more tasks were handed to the user: workers may start ``n`` more."""

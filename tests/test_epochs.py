@@ -213,8 +213,11 @@ def test_a_loop_that_never_waits_refills_only_when_no_spare_task_is_left():
         refills = 0
         for _ in range(60):
             deadline = time.monotonic() + 10
-            while not pool.results.buffered() and time.monotonic() < deadline:
-                time.sleep(0.005)  # a training step: the prefetch fills meanwhile
+            # a training step: the prefetch fills meanwhile. Every task up to the bound is
+            # done, so the next batch is among them (the workers can finish out of order).
+            while (len(pool.ready) + pool.results.buffered() < pool.budget
+                   and time.monotonic() < deadline):
+                time.sleep(0.005)
             spare = pool.next_seq - (pool.consumed + 1) - pool.budget  # after this hand-out
             published = pool.next_seq
             got.append(next(it).tolist())
@@ -224,3 +227,41 @@ def test_a_loop_that_never_waits_refills_only_when_no_spare_task_is_left():
             assert pool.next_seq >= pool.consumed + pool.budget, "the board ran dry"
         assert refills >= 10  # about one per 2 * num_workers batches
     assert got == [[2 * k, 2 * k + 1] for k in range(61)]
+
+
+class Recorded(Dataset):
+    """Leaves a file named after each index it loads: what the workers started, seen from outside."""
+
+    def __init__(self, n: int, folder: str) -> None:
+        self.n, self.folder = n, folder
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        open(os.path.join(self.folder, str(i)), "w").close()
+        return i
+
+
+def _loaded(folder) -> set[int]:
+    return {int(name) for name in os.listdir(folder)}
+
+
+def test_workers_leave_a_core_for_the_first_batch_join_then_take_up_the_usual_bound(tmp_path):
+    """NOTE [ a core for the first join ]: until the split first batch is handed out,
+    workers start at most num_workers - 1 tasks beyond its parts; then the usual bound."""
+    with FMQLoader(Recorded(64, str(tmp_path)), batch_size=4, num_workers=2,
+                   persistent_workers=True, multiprocessing_context="fork") as loader:
+        it = iter(loader)
+        pool = loader._pool
+        time.sleep(1.0)  # a first batch the loop is slow to ask for: workers run ahead
+        # parts [0, 1] and [2, 3] of batch 0, and batch 1; batch 2 (8-11) waits
+        assert _loaded(tmp_path) == set(range(8))
+        assert next(it).tolist() == [0, 1, 2, 3]
+        assert pool.control[3] == pool.budget == 4  # BUDGET: prefetch_factor 2 x 2 workers
+        deadline = time.monotonic() + 10
+        while _loaded(tmp_path) != set(range(4 * 5)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # the usual bound: 4 tasks beyond the one handed out (batches 1-4)
+        assert _loaded(tmp_path) == set(range(4 * 5))
+        assert [b.tolist() for b in it] == [[k, k + 1, k + 2, k + 3] for k in range(4, 64, 4)]
