@@ -43,6 +43,7 @@ import weakref
 from multiprocessing import context as mp_context
 from multiprocessing import util as mp_util
 
+import numpy as np
 from _multiprocessing import SemLock
 
 from . import codec
@@ -50,7 +51,7 @@ from .errors import QueueClosed
 from .shm import SlabArena, align
 from .stealer import Stealer, WatchedFdReady, _Failed
 
-__all__ = ["Queue"]
+__all__ = ["Queue", "Reservation"]
 
 logger = logging.getLogger(__name__)
 
@@ -189,8 +190,13 @@ class Queue:
         self._reset_local()
 
     # -- producer side ----------------------------------------------------------
-    def put(self, obj, block: bool = True, timeout: float | None = None) -> None:
+    def put(self, obj, block: bool = True, timeout: float | None = None, *,
+            into: "Reservation | None" = None) -> None:
         """Put ``obj`` on the queue; it is copied before this returns.
+
+        ``into``: a slab from ``reserve()`` in which arrays and tensors of ``obj``
+        were built. Those are not copied again; others are copied after them. The
+        reservation is used up either way (on success, failure, or exception).
 
         Raises:
             queue.Full: ``maxsize`` items are in flight and none was taken within ``timeout``.
@@ -198,14 +204,21 @@ class Queue:
             QueueClosed: this process closed the queue.
         """
         local = self._local
-        if local.closed:
-            raise QueueClosed("put() on a closed Queue; create a new Queue to send more items")
-        if not self._slots.acquire(block, timeout):
-            raise _queue.Full
         try:
-            msg = self._encode(obj)
+            if local.closed:
+                raise QueueClosed("put() on a closed Queue; create a new Queue to send more items")
+            if not self._slots.acquire(block, timeout):
+                raise _queue.Full
+        except BaseException:
+            if into is not None:
+                into.cancel()
+            raise
+        try:
+            msg = self._encode(obj) if into is None else self._encode_into(obj, into)
         except BaseException:
             self._slots.release()
+            if into is not None:
+                into.cancel()
             raise
         if local.feeder is None:
             self._start_feeder(local)
@@ -217,6 +230,11 @@ class Queue:
 
     def _encode(self, obj) -> bytes:
         stream, buffers = codec.encode(obj)
+        return self._encode_buffers(stream, buffers, self._arena.claim)
+
+    def _encode_buffers(self, stream: bytes, buffers: list, claim) -> bytes:
+        """The message for a pickle stream and its buffers: in a slab from ``claim`` if it
+        gives one, else through the pipe."""
         if not buffers:
             return b"".join((_HEADER.pack(INLINE, -1, 0, len(stream)), stream))
         table, end = [], 0
@@ -224,7 +242,7 @@ class Queue:
             table.append((end, buf.nbytes))
             end = align(end + buf.nbytes)
         entries = b"".join(_ENTRY.pack(off, n) for off, n in table)
-        slab = self._arena.claim(end)
+        slab = None if claim is None else claim(end)
         if slab is not None:
             try:
                 dst = self._arena.writable(slab)
@@ -241,6 +259,38 @@ class Queue:
         for (off, n), buf in zip(table, buffers):
             msg[len(head) + off: len(head) + off + n] = buf
         return msg
+
+    def reserve(self, nbytes: int) -> "Reservation | None":
+        """Claim a slab of at least ``nbytes`` to build the next item in; None if none is free.
+
+        Build arrays or tensors in ``Reservation.array(...)`` and ``put(item,
+        into=reservation)``: they reach the consumer without another copy. Call
+        ``cancel()`` if the item is not put after all. Producers only.
+        """
+        slab = self._arena.claim(nbytes)
+        return None if slab is None else Reservation(self._arena, slab)
+
+    def _encode_into(self, obj, into: "Reservation") -> bytes:
+        """``_encode`` for an item built (in part) in ``into``'s slab."""
+        stream, buffers = codec.encode(obj)
+        table, copies, end = [], [], into.used
+        for buf in buffers:
+            offset = into.offset_of(buf)
+            if offset is None:  # built elsewhere: copied after what was built in the slab
+                offset, end = align(end), align(end) + buf.nbytes
+                copies.append((offset, buf))
+            table.append((offset, buf.nbytes))
+        if not buffers or end > into.size:  # nothing for the slab / the rest does not fit
+            try:
+                return self._encode_buffers(stream, buffers, None)
+            finally:
+                into.cancel()
+        dst = into.view
+        for offset, buf in copies:
+            dst[offset:offset + buf.nbytes] = buf
+        into.sent()
+        entries = b"".join(_ENTRY.pack(off, n) for off, n in table)
+        return b"".join((_HEADER.pack(SLAB, into.slab, len(buffers), len(stream)), entries, stream))
 
     def _start_feeder(self, local: _Local) -> None:
         with local.lock:
@@ -406,6 +456,47 @@ class Queue:
     def __repr__(self) -> str:
         return (f"<fmq_loader.Queue maxsize={self._maxsize} qsize={self.qsize()} "
                 f"slabs={self._arena.num_slabs}{' closed' if self._local.closed else ''}>")
+
+
+class Reservation:
+    """A slab claimed by a producer to build one item in (``Queue.reserve``).
+
+    ``array()`` hands out consecutive, aligned pieces of it; ``put(item,
+    into=...)`` sends the item with those pieces in place, or ``cancel()`` gives
+    the slab back. Exactly one of the two happens; both are idempotent.
+    """
+
+    __slots__ = ("slab", "view", "size", "used", "_arena", "_base", "_open")
+
+    def __init__(self, arena: SlabArena, slab: int) -> None:
+        self._arena, self.slab = arena, slab
+        self.view = arena.writable(slab)
+        self.size = self.view.nbytes
+        self._base = np.frombuffer(self.view, np.uint8).__array_interface__["data"][0]
+        self.used = 0
+        self._open = True
+
+    def array(self, nbytes: int, dtype, shape) -> "np.ndarray | None":
+        """The next ``nbytes`` of the slab as a writable array; None when they do not fit."""
+        start = align(self.used)
+        if not self._open or start + nbytes > self.size:
+            return None
+        self.used = start + nbytes
+        return np.frombuffer(self.view, dtype, nbytes // np.dtype(dtype).itemsize, start).reshape(shape)
+
+    def offset_of(self, buf) -> int | None:
+        """Where ``buf`` lies in the slab, if it lies wholly inside what was handed out."""
+        address = np.frombuffer(buf, np.uint8).__array_interface__["data"][0]
+        offset = address - self._base
+        return offset if 0 <= offset and offset + buf.nbytes <= self.used else None
+
+    def sent(self) -> None:
+        self._open = False  # the consumer releases it now
+
+    def cancel(self) -> None:
+        if self._open:
+            self._open = False
+            self._arena.release(self.slab)
 
 
 def _corrupt(msg, what: str) -> ValueError:

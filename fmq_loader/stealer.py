@@ -175,6 +175,9 @@ class Stealer:
                     except Exception as exc:  # delivered to the caller of get(), in order
                         item = _Failed(exc)
                     items.put(item)
+                    # Not kept while poll() waits: the caller's drop of the item must
+                    # free its slab, not the arrival of the next message.
+                    item = None
         except (EOFError, OSError) as exc:
             if not self._stop_requested:
                 self._end(ProducersGone(

@@ -155,11 +155,12 @@ _BOUND_POLL_MIN_S, _BOUND_POLL_MAX_S = 0.001, 0.016
 
 
 def load_batch(dataset, indices, auto_collation: bool, base_seed: int, position: int,
-               torch_gen=None):
+               torch_gen=None, each: Callable | None = None):
     """The samples of one task, each loaded right after seeding it from its epoch position.
 
     ``position`` is the first sample's place in the epoch. Returns the list of
     samples (auto-collation) or ``dataset[indices]`` (``batch_size=None``).
+    ``each(k, sample)`` is called after sample ``k`` is loaded (auto-collation).
     Shared by the workers and the ``num_workers=0`` path (see seeding.py).
     """
     if torch_gen is None:
@@ -173,6 +174,8 @@ def load_batch(dataset, indices, auto_collation: bool, base_seed: int, position:
     for k, i in enumerate(indices):
         seed_sample(sample_seed(base_seed, position + k), torch_gen)
         samples.append(dataset[i])
+        if each is not None:
+            each(k, samples[-1])
     return samples
 
 
@@ -187,6 +190,9 @@ def run_worker(spec: WorkerSpec) -> None:
     Iterable datasets: each worker gets its own tasks on its own pipe.
     """
     import torch
+
+    from .assemble import SlabAssembler
+    from .collate import default_collate
 
     # Ctrl-C reaches the whole process group; the main process owns the reaction.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -208,6 +214,8 @@ def run_worker(spec: WorkerSpec) -> None:
             results.close()
             results.join_thread()  # deliver it before exiting: cancel_join_thread() is in force
             return
+    # The default collate on a map-style dataset: batches are built in a slab (assemble.py).
+    assemble = not spec.iterable and spec.auto_collation and spec.collate_fn is default_collate
     iterator = None
     seed_seen = epoch_seen = epoch = None
     torch_gen = torch.default_generator
@@ -259,6 +267,7 @@ def run_worker(spec: WorkerSpec) -> None:
         else:
             return  # the parent died
         began = perf_counter()
+        assembler = into = None
         try:
             if not spec.iterable and epoch is not None and epoch != epoch_seen:
                 # loader.set_epoch(): this worker's copy of the dataset follows it (with
@@ -267,6 +276,11 @@ def run_worker(spec: WorkerSpec) -> None:
                 spec.dataset.set_epoch(epoch)
             if spec.iterable:
                 payload = _next_from_iterable(spec, iterator)
+            elif assemble:  # NOTE: see assemble.py; the same batch as default_collate's
+                assembler = SlabAssembler(results, len(indices))
+                payload = assembler.finish(load_batch(spec.dataset, indices, True, base_seed,
+                                                      position, torch_gen, assembler.add))
+                into = assembler.reservation()
             else:
                 payload = load_batch(spec.dataset, indices, spec.auto_collation, base_seed,
                                      position, torch_gen)
@@ -276,8 +290,11 @@ def run_worker(spec: WorkerSpec) -> None:
             where = (f"fetching indices {_short(indices)}" if indices is not None
                      else "iterating the dataset")
             payload = _failure(spec, exc, where)
+        if assembler is not None:
+            assembler.cancel()  # a failure before the batch was finished: give its slab back
+            assembler = None
         try:
-            results.put((task_id, spec.worker_id, payload))
+            results.put((task_id, spec.worker_id, payload), into=into)
         except Exception as exc:  # e.g. the batch could not be pickled
             results.put((task_id, spec.worker_id, _failure(spec, exc, "sending the batch")))
         if row is not None:  # see stats.py; this worker is the row's only writer

@@ -645,3 +645,15 @@ def test_get_of_an_item_that_already_arrived_returns_in_microseconds():
         elapsed = time.perf_counter() - t0
         assert item.shape == (64, 224, 224, 3)
         assert elapsed < 0.005, f"get() of a waiting item took {elapsed * 1e3:.2f} ms"
+
+
+def test_dropping_the_last_item_received_frees_its_slab_at_once():
+    """Regression: the stealer thread kept the last item it rebuilt in a local variable
+    while it waited for the next message, so that item's slab stayed claimed."""
+    with fmq_loader.Queue(num_slabs=2) as q:
+        q.put(_filled(1))
+        got = q.get(timeout=10)
+        assert np.count_nonzero(q._arena._state) == 1
+        del got
+        gc.collect()
+        assert np.count_nonzero(q._arena._state) == 0

@@ -1,0 +1,161 @@
+"""Batches built in a slab while their samples load (assemble.py): default_collate's result,
+sent without another copy, and every slab given back on every path."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from fmq_loader import FMQLoader, Queue
+from fmq_loader.assemble import SlabAssembler
+from fmq_loader.collate import default_collate
+
+from test_collate import _same
+
+
+def _image(i: int, shape=(3, 24, 24), dtype=torch.uint8) -> torch.Tensor:
+    return torch.arange(int(np.prod(shape)), dtype=torch.int64).add(i).remainder(251).to(dtype).reshape(shape)
+
+
+SAMPLES = {  # each: 9 samples; built in the slab, or (last ones) handed to default_collate
+    "tensor": [_image(i) for i in range(9)],
+    "tuple-image-label": [(_image(i), i) for i in range(9)],
+    "list-image-float-image": [[_image(i), i / 3, _image(i, (5, 100), torch.float32)] for i in range(9)],
+    "small-tensors-only": [(torch.tensor([i, i]), i) for i in range(9)],
+    "bool-and-float64": [(_image(i).bool(), _image(i).double(), True) for i in range(9)],
+    "channels-last": [_image(i, (1, 3, 24, 24)).contiguous(memory_format=torch.channels_last)[0]
+                      for i in range(9)],
+    "with-string": [(_image(i), f"path{i}") for i in range(9)],
+    "bfloat16": [(_image(i).bfloat16(), i) for i in range(9)],
+    "dict": [{"img": _image(i)} for i in range(9)],
+    "dtype-changes-at-4": [_image(i, dtype=torch.uint8 if i < 4 else torch.int16) for i in range(9)],
+    "tuple-then-list": [(_image(i), i) if i < 5 else [_image(i), i] for i in range(9)],
+}
+
+
+def _assemble(q: Queue, samples):
+    assembler = SlabAssembler(q, len(samples))
+    for k, s in enumerate(samples):
+        assembler.add(k, s)
+    return assembler.finish(samples), assembler.reservation()
+
+
+def _claimed(q: Queue) -> int:
+    return int(np.count_nonzero(q._arena._state))
+
+
+@pytest.mark.parametrize("kind", sorted(SAMPLES))
+def test_assembled_batch_is_default_collates_and_arrives_unchanged(kind):
+    samples = SAMPLES[kind]
+    with Queue(num_slabs=2) as q:
+        batch, into = _assemble(q, samples)
+        _same(batch, default_collate(samples))
+        q.put(batch, into=into)
+        got = q.get(timeout=10)
+        _same(got, default_collate(samples))
+        del got, batch, into
+        gc.collect()
+        assert _claimed(q) == 0
+
+
+def test_assembled_tensors_are_sent_from_where_they_were_built():
+    """Same process: the consumer's mapping of the slab is the producer's, so a batch that
+    was not copied again comes back at the very address it was built at."""
+    samples = SAMPLES["tuple-image-label"]
+    with Queue(num_slabs=2) as q:
+        batch, into = _assemble(q, samples)
+        assert into is not None, "the image column should have been built in a slab"
+        built = batch[0].data_ptr()
+        q.put(batch, into=into)
+        got = q.get(timeout=10)
+        assert got[0].data_ptr() == built
+        _same(got, default_collate(samples))
+
+
+def test_a_sample_of_another_shape_gives_default_collates_error_and_the_slab_back():
+    samples = [_image(i) for i in range(6)] + [_image(6, (3, 20, 24))]
+    with Queue(num_slabs=2) as q:
+        assembler = SlabAssembler(q, len(samples))
+        for k, s in enumerate(samples[:6]):
+            assembler.add(k, s)
+        assert assembler.active and _claimed(q) == 1
+        assembler.add(6, samples[6])
+        assert not assembler.active and _claimed(q) == 0
+        with pytest.raises(ValueError, match=r"\(3, 24, 24\) at batch position 0 and \(3, 20, 24\) "
+                                             r"at batch position 6"):
+            assembler.finish(samples)
+
+
+def test_no_free_slab_means_the_usual_collate():
+    samples = SAMPLES["tensor"]
+    with Queue(num_slabs=1) as q:
+        held = q.reserve(1)
+        batch, into = _assemble(q, samples)
+        assert into is None
+        _same(batch, default_collate(samples))
+        held.cancel()
+        assert _claimed(q) == 0
+
+
+def test_cancel_and_a_failed_put_give_the_slab_back():
+    with Queue(num_slabs=2) as q:
+        r = q.reserve(1 << 20)
+        assert _claimed(q) == 1
+        r.cancel()
+        r.cancel()  # idempotent
+        assert _claimed(q) == 0
+        batch, into = _assemble(q, SAMPLES["tuple-image-label"])
+        with pytest.raises(TypeError, match="not picklable"):
+            q.put([batch, lambda: 0], into=into)
+        assert _claimed(q) == 0
+
+
+class Images(Dataset):
+    def __init__(self, n: int, bad: int | None = None) -> None:
+        self.n, self.bad = n, bad
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        if i == self.bad:
+            raise KeyError(f"no sample {i}")
+        return _image(i, (3, 32, 32)), i
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_loader_batches_equal_torchs_and_every_slab_comes_back(method):
+    expected = list(DataLoader(Images(50), batch_size=8))
+    with FMQLoader(Images(50), batch_size=8, num_workers=2, multiprocessing_context=method,
+                   persistent_workers=True, prefetch_next_epoch=False) as loader:
+        for _ in range(2):
+            got = list(loader)
+            assert len(got) == len(expected)
+            for a, b in zip(got, expected):
+                _same(a, b)
+        del got, a
+        gc.collect()
+        assert _claimed(loader._pool.results) == 0  # list() held every batch: some came by pipe
+
+
+def test_a_sample_that_fails_mid_batch_gives_its_slab_back():
+    with FMQLoader(Images(40, bad=13), batch_size=8, num_workers=2, persistent_workers=True,
+                   prefetch_next_epoch=False, multiprocessing_context="fork") as loader:
+        it = iter(loader)
+        seen = []
+        while True:
+            try:
+                seen.append(next(it)[1].tolist())
+            except KeyError as exc:
+                assert "no sample 13" in str(exc)
+                continue
+            except StopIteration:
+                break
+        assert seen == [list(range(k, k + 8)) for k in (0, 16, 24, 32)]
+        del it
+        gc.collect()
+        assert _claimed(loader._pool.results) == 0
