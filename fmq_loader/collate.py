@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-__all__ = ["default_collate", "default_convert", "concat_batches"]
+__all__ = ["default_collate", "default_convert", "concat_batches", "PartsJoin"]
 
 
 def _is_namedtuple(x) -> bool:
@@ -141,6 +141,85 @@ def _cat_one_thread(parts: Sequence[torch.Tensor]) -> torch.Tensor:
     out = torch.empty((sum(a.shape[0] for a in arrays), *rest), dtype=first.dtype)
     np.concatenate(arrays, axis=0, out=out.numpy())
     return out
+
+
+class PartsJoin:
+    """``concat_batches`` of a batch's parts, copied part by part as the parts arrive.
+
+    The first batch of an epoch is split over the workers, whose parts arrive a few
+    ms apart; the main process waits for the last one anyway. Each part's large
+    tensors are copied into the batch when the part arrives (the batch's memory
+    faulted in at the first one), so after the last part only its own copy is
+    left. Parts that are not a tensor or a list of tensors (default_collate's
+    shapes for the usual samples), or that do not match, are joined by
+    ``concat_batches`` at the end, with its results and errors.
+
+    Args:
+        rows: the number of samples in each part, in order.
+    """
+
+    _MIN_BYTES = 1 << 16  # smaller columns are joined at the end (the copy is too small to matter)
+
+    def __init__(self, rows: Sequence[int]) -> None:
+        self._starts = [sum(rows[:i]) for i in range(len(rows) + 1)]
+        self._outs: list | None = None  # per field: the joined column, or None (joined at the end)
+        self._lone = False  # the parts are single tensors, not lists of them
+        self._added: set[int] = set()
+        self._ok = True
+
+    @staticmethod
+    def _fields(part):
+        if part.__class__ is torch.Tensor:
+            return [part], True
+        if part.__class__ is list and part and all(f.__class__ is torch.Tensor for f in part):
+            return part, False
+        return None, False
+
+    def add(self, i: int, part) -> None:
+        """Part ``i`` arrived: copy its large tensors into the batch."""
+        if not self._ok:
+            return
+        try:
+            self._ok = self._add(i, part)
+        except Exception:  # whatever it is, concat_batches meets it at the end
+            self._ok = False
+
+    def _add(self, i: int, part) -> bool:
+        fields, lone = self._fields(part)
+        start, end = self._starts[i], self._starts[i + 1]
+        if fields is None:
+            return False
+        if self._outs is None:
+            self._lone, self._outs = lone, []
+            for f in fields:
+                big = (f.dim() > 0 and f.is_contiguous() and not f.requires_grad
+                       and f.numel() * f.element_size() >= self._MIN_BYTES)
+                self._outs.append(torch.empty((self._starts[-1], *f.shape[1:]), dtype=f.dtype)
+                                  if big else None)
+        if lone is not self._lone or len(fields) != len(self._outs):
+            return False
+        for f, out in zip(fields, self._outs):
+            if out is None:
+                continue
+            if (f.dtype != out.dtype or f.shape[0] != end - start or f.shape[1:] != out.shape[1:]
+                    or not f.is_contiguous() or f.requires_grad):
+                return False
+            np.copyto(out.numpy()[start:end], f.numpy())  # this thread only: see _cat_one_thread
+            if not self._added:  # fault the rest of the batch in now, while the others decode
+                for lo, hi in ((0, start), (end, self._starts[-1])):
+                    if hi > lo:
+                        out.numpy()[lo:hi].fill(0)
+        self._added.add(i)
+        return True
+
+    def result(self, parts: Sequence[Any]) -> Any:
+        """The joined batch: ``concat_batches(parts)``."""
+        if not self._ok or len(self._added) != len(parts) or all(o is None for o in self._outs):
+            return concat_batches(parts)
+        if self._lone:
+            return self._outs[0]
+        return [out if out is not None else concat_batches([p[j] for p in parts])
+                for j, out in enumerate(self._outs)]
 
 
 def concat_batches(parts: Sequence[Any]) -> Any:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import default_collate as torch_collate
 
-from fmq_loader.collate import concat_batches, default_collate
+from fmq_loader.collate import PartsJoin, concat_batches, default_collate
 
 Point = collections.namedtuple("Point", "x y")
 
@@ -76,3 +76,46 @@ def test_joined_tensor_parts_equal_torch_cat(parts):
 def test_joining_parts_of_different_shapes_raises_torchs_error():
     with pytest.raises(RuntimeError, match="Sizes of tensors must match"):
         concat_batches([torch.zeros(2, 3), torch.zeros(2, 4)])
+
+
+def _join_as_they_arrive(parts, order):
+    join = PartsJoin([len(p) if isinstance(p, torch.Tensor) else len(p[0]) for p in parts])
+    for i in order:
+        join.add(i, parts[i])
+    return join.result(parts)
+
+
+BIG = torch.randint(0, 255, (7, 3, 64, 64), dtype=torch.uint8)  # 12 KiB a sample
+
+
+@pytest.mark.parametrize("parts", [
+    [BIG[:3], BIG[3:]],
+    [BIG[:2], BIG[2:4], BIG[4:]],
+    [[BIG[:4], torch.arange(4)], [BIG[4:], torch.arange(4, 7)]],  # [images, labels] parts
+    [[BIG[:4].float(), BIG[:4]], [BIG[4:].float(), BIG[4:]]],
+    [BIG[:4], BIG[4:].to(torch.int16)],  # promoted, as torch.cat does
+    [BIG[:4], BIG[4:, :, :32]],  # shapes differ: torch.cat's error
+    [BIG[:4].to(memory_format=torch.channels_last), BIG[4:].to(memory_format=torch.channels_last)],
+    [BIG[:4].bfloat16(), BIG[4:].bfloat16()],  # no numpy twin
+    [[BIG[:4], ["a"] * 4], [BIG[4:], ["b"] * 3]],  # a column of strings
+], ids=["two", "three", "with-labels", "two-big-columns", "mixed-dtypes", "bad-shapes",
+        "channels_last", "bfloat16", "with-str"])
+@pytest.mark.parametrize("order", ["in-order", "reversed"])
+def test_parts_joined_as_they_arrive_equal_concat_batches(parts, order):
+    order = range(len(parts)) if order == "in-order" else reversed(range(len(parts)))
+    try:
+        want = concat_batches(parts)
+    except RuntimeError as exc:
+        with pytest.raises(RuntimeError, match=str(exc).split(" in dimension")[0]):
+            _join_as_they_arrive(parts, order)
+        return
+    got = _join_as_they_arrive(parts, order)
+    _same(got, want)
+    for g, w in ([(got, want)] if isinstance(got, torch.Tensor) else zip(got, want)):
+        if isinstance(g, torch.Tensor):
+            assert g.stride() == w.stride()
+
+
+def test_parts_too_small_to_copy_early_are_joined_at_the_end():
+    parts = [torch.arange(3), torch.arange(3, 5)]
+    _same(_join_as_they_arrive(parts, [1, 0]), torch.arange(5))
