@@ -115,14 +115,17 @@ class SlabAssembler:
         return True
 
     def finish(self, samples: list):
-        """The batch ``default_collate(samples)`` would give."""
-        if self._rows is None:
+        """The batch ``default_collate(samples)`` would give (``samples``: the first
+        ``len(samples)`` of the ``n``, for an iterable dataset's last, shorter batch)."""
+        if self._rows is None or not samples:
             return default_collate(samples)
+        m = len(samples)
+        rows = self._rows if m == self._n else [None if r is None else r[:m] for r in self._rows]
         if self._kind is None:
-            return self._rows[0]
+            return rows[0]
         # default_collate returns a list of columns for a tuple or a list sample
         return [row if row is not None else default_collate([s[j] for s in samples])
-                for j, row in enumerate(self._rows)]
+                for j, row in enumerate(rows)]
 
     def reservation(self) -> Reservation | None:
         """The slab to put the finished batch ``into`` (None: it was built elsewhere)."""

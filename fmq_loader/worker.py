@@ -214,8 +214,8 @@ def run_worker(spec: WorkerSpec) -> None:
             results.close()
             results.join_thread()  # deliver it before exiting: cancel_join_thread() is in force
             return
-    # The default collate on a map-style dataset: batches are built in a slab (assemble.py).
-    assemble = not spec.iterable and spec.auto_collation and spec.collate_fn is default_collate
+    # The default collate: batches are built in a slab as their samples come (assemble.py).
+    assemble = spec.auto_collation and spec.collate_fn is default_collate
     iterator = None
     seed_seen = epoch_seen = epoch = None
     torch_gen = torch.default_generator
@@ -275,7 +275,11 @@ def run_worker(spec: WorkerSpec) -> None:
                 epoch_seen = epoch
                 spec.dataset.set_epoch(epoch)
             if spec.iterable:
-                payload = _next_from_iterable(spec, iterator)
+                if assemble:
+                    assembler = SlabAssembler(results, spec.batch_size)
+                payload = _next_from_iterable(spec, iterator, assembler)
+                if assembler is not None:
+                    into = assembler.reservation()
             elif assemble:  # NOTE: see assemble.py; the same batch as default_collate's
                 assembler = SlabAssembler(results, len(indices))
                 payload = assembler.finish(load_batch(spec.dataset, indices, True, base_seed,
@@ -307,8 +311,11 @@ def run_worker(spec: WorkerSpec) -> None:
         del payload
 
 
-def _next_from_iterable(spec: WorkerSpec, iterator):
-    """Runs in the worker process. One batch (or one item) from this worker's iterator."""
+def _next_from_iterable(spec: WorkerSpec, iterator, assembler=None):
+    """Runs in the worker process. One batch (or one item) from this worker's iterator.
+
+    ``assembler``: a ``SlabAssembler`` that builds the batch (default collate only).
+    """
     if iterator is None:
         return EndOfData(spec.worker_id)
     if not spec.auto_collation:
@@ -319,12 +326,14 @@ def _next_from_iterable(spec: WorkerSpec, iterator):
         return spec.collate_fn(item) if spec.collate_fn is not None else item
     items = []
     for item in iterator:
+        if assembler is not None:
+            assembler.add(len(items), item)
         items.append(item)
         if len(items) == spec.batch_size:
             break
     if not items or (spec.drop_last and len(items) < spec.batch_size):
-        return EndOfData(spec.worker_id)
-    return spec.collate_fn(items)
+        return EndOfData(spec.worker_id)  # the caller gives the assembler's slab back
+    return spec.collate_fn(items) if assembler is None else assembler.finish(items)
 
 
 def _short(indices) -> str:

@@ -159,3 +159,49 @@ def test_a_sample_that_fails_mid_batch_gives_its_slab_back():
         del it
         gc.collect()
         assert _claimed(loader._pool.results) == 0
+
+
+class Stream(torch.utils.data.IterableDataset):
+    """Each worker yields its share of 0..n-1 (torch's sharding idiom)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        for i in range(wid, self.n, nw):
+            yield _image(i, (3, 32, 32)), i
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_iterable_batches_equal_torchs_short_last_ones_included_and_every_slab_comes_back(drop_last):
+    # 2 workers x 21 items, batch 8: each worker's last batch has 5 items
+    expected = list(DataLoader(Stream(42), batch_size=8, num_workers=2, drop_last=drop_last,
+                               multiprocessing_context="fork"))
+    with FMQLoader(Stream(42), batch_size=8, num_workers=2, drop_last=drop_last,
+                   persistent_workers=True, multiprocessing_context="fork") as loader:
+        got = list(loader)
+        assert [len(b[1]) for b in got] == [len(b[1]) for b in expected]
+        for a, b in zip(got, expected):
+            _same(a, b)
+        del got, a
+        gc.collect()
+        assert _claimed(loader._pool.results) == 0
+
+
+def test_a_shorter_last_batch_is_the_first_rows_of_the_slab():
+    samples = SAMPLES["tuple-image-label"][:5]
+    with Queue(num_slabs=2) as q:
+        assembler = SlabAssembler(q, 8)  # an iterable dataset's batch_size; 5 items came
+        for k, s in enumerate(samples):
+            assembler.add(k, s)
+        batch = assembler.finish(samples)
+        into = assembler.reservation()
+        assert into is not None
+        _same(batch, default_collate(samples))
+        built = batch[0].data_ptr()
+        q.put(batch, into=into)
+        got = q.get(timeout=10)
+        assert got[0].data_ptr() == built
+        _same(got, default_collate(samples))
