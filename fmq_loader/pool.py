@@ -106,7 +106,7 @@ class ProducerPool:
     def __init__(self, dataset, num_workers: int, ctx, *, auto_collation: bool,
                  collate_fn: Callable | None, drop_last: bool, batch_size: int | None,
                  worker_init_fn: Callable | None, iterable: bool, max_outstanding: int,
-                 extra_slabs: int = 4) -> None:
+                 extra_slabs: int = 4, start: bool = True) -> None:
         method = ctx.get_start_method()
         if method != "fork":
             for what, obj in (("dataset", dataset), ("collate_fn", collate_fn),
@@ -134,25 +134,50 @@ class ProducerPool:
         self.next_seq = 0  # sequence number of the next task published (main process only)
         self.consumed = 0  # batches handed to the user, mirrored in control[CONSUMED]
         self.ready: dict[int, Any] = {}  # results received, not yet handed out, by sequence number
+        self._readers: list = []  # the workers' ends of their task pipes, until they start
         try:
             if method == "fork":
                 warm_pillow()
-            board_lock = self._board_lock = ctx.Lock()
+            self._board_lock = ctx.Lock()
             for wid in range(num_workers):
                 reader, writer = ctx.Pipe(duplex=False)
-                spec = WorkerSpec(wid, num_workers, dataset, auto_collation, collate_fn, drop_last,
-                                  batch_size, worker_init_fn, reader, self.results, iterable,
-                                  None if iterable else self._board_r, board_lock, self.control,
-                                  self.worker_stats)
-                proc = ctx.Process(target=run_worker, args=(spec,), name=f"fmq-worker-{wid}",
-                                   daemon=True)
+                self._readers.append(reader)
+                self._task_pipes.append(writer)
+            self._ctx = ctx
+            self._job = (dataset, auto_collation, collate_fn, drop_last, batch_size, worker_init_fn,
+                         iterable)
+            if start:
+                self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def start(self) -> None:
+        """Start the worker processes (once; a no-op after that).
+
+        The loader publishes an epoch's first tasks before it calls this, so the
+        first worker forked begins its first sample at once instead of waiting
+        for the others to be forked (NOTE [ tasks before workers ] in loader.py).
+        """
+        if self.workers or self._closed:
+            return
+        dataset, auto_collation, collate_fn, drop_last, batch_size, worker_init_fn, iterable = self._job
+        try:
+            for wid in range(self.num_workers):
+                spec = WorkerSpec(wid, self.num_workers, dataset, auto_collation, collate_fn,
+                                  drop_last, batch_size, worker_init_fn, self._readers[wid],
+                                  self.results, iterable, None if iterable else self._board_r,
+                                  self._board_lock, self.control, self.worker_stats)
+                proc = self._ctx.Process(target=run_worker, args=(spec,), name=f"fmq-worker-{wid}",
+                                         daemon=True)
                 with _sigint_ignored():
                     proc.start()
                 self.started_at.append(time.monotonic())
                 self.pids.append(proc.pid)
-                reader.close()  # the worker holds the only reading end
-                self._task_pipes.append(writer)
                 self.workers.append(proc)
+            for reader in self._readers:
+                reader.close()  # each worker holds the only reading end of its pipe
+            self._job = None  # it holds the dataset; the workers have their copies
             # The stealer watches the workers' sentinels: get() reports an exit at once.
             self.results.watch([proc.sentinel for proc in self.workers])
         except BaseException:
@@ -304,6 +329,6 @@ class ProducerPool:
                     proc.join(1.0)
                 if proc.exitcode is not None:
                     proc.close()
-            for pipe in [*self._task_pipes, self._board_r, self._board_w]:
+            for pipe in [*self._task_pipes, *self._readers, self._board_r, self._board_w]:
                 pipe.close()
             self.results.release_shared_memory()  # (6) live views keep their memory
