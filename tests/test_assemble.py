@@ -205,3 +205,33 @@ def test_a_shorter_last_batch_is_the_first_rows_of_the_slab():
         got = q.get(timeout=10)
         assert got[0].data_ptr() == built
         _same(got, default_collate(samples))
+
+
+def test_what_does_not_fit_after_the_built_part_goes_through_the_pipe_and_the_slab_comes_back():
+    with Queue(num_slabs=2) as q:
+        into = q.reserve(64 << 10)  # slabs grow in 1 MiB steps
+        built = torch.from_numpy(into.array(64 << 10, np.uint8, (64 << 10,)))
+        built.fill_(7)
+        extra = torch.full((2 << 20,), 3, dtype=torch.uint8)  # 2 MiB, built elsewhere: no room
+        q.put([built, extra], into=into)
+        got = q.get(timeout=10)
+        assert torch.equal(got[0], built) and torch.equal(got[1], extra)
+        assert q.pipe_items() == 1
+        del got, built
+        gc.collect()
+        assert _claimed(q) == 0
+
+
+def test_what_is_built_elsewhere_is_copied_after_the_built_part():
+    with Queue(num_slabs=2) as q:
+        into = q.reserve(64 << 10)
+        built = torch.from_numpy(into.array(64 << 10, np.uint8, (64 << 10,)))
+        built.fill_(7)
+        extra = torch.full((100 << 10,), 3, dtype=torch.uint8)  # fits in the 1 MiB slab
+        q.put([extra, built], into=into)
+        got = q.get(timeout=10)
+        assert torch.equal(got[0], extra) and torch.equal(got[1], built)
+        assert got[1].data_ptr() == built.data_ptr() and q.pipe_items() == 0
+        del got, built
+        gc.collect()
+        assert _claimed(q) == 0
