@@ -218,7 +218,8 @@ def report(res: dict) -> str:
         t, f = res["torch"][key], res["fmq"][key]
         ratio = f / t if t else float("nan")
         lines.append(f"{label:34} {fmt.format(t):>17} {fmt.format(f):>11} {ratio:>9.2f}x")
-    lines.append(f"({res['images']} images, medians of {res['runs']} runs)")
+    runs = res["runs"]
+    lines.append(f"({res['images']} images, {'one run' if runs == 1 else f'medians of {runs} runs'})")
     return "\n".join(lines)
 
 
