@@ -90,8 +90,8 @@ class SlabAssembler:
             if field is None:
                 rows.append(None)
                 continue
-            shape, _, np_dtype, nbytes = field
-            array = reservation.array(nbytes, np_dtype, (self._n, *shape))
+            shape, _, np_dtype, _ = field
+            array = reservation.array((self._n, *shape), np_dtype)
             if array is None:  # cannot happen: the slab holds at least `total`
                 reservation.cancel()
                 return

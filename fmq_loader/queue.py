@@ -476,13 +476,16 @@ class Reservation:
         self.used = 0
         self._open = True
 
-    def array(self, nbytes: int, dtype, shape) -> "np.ndarray | None":
-        """The next ``nbytes`` of the slab as a writable array; None when they do not fit."""
+    def array(self, shape, dtype=np.uint8) -> "np.ndarray | None":
+        """A writable array of ``shape`` and ``dtype`` in the next free bytes of the slab, like
+        ``np.empty``; None when it does not fit."""
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64))
         start = align(self.used)
-        if not self._open or start + nbytes > self.size:
+        if not self._open or start + count * dtype.itemsize > self.size:
             return None
-        self.used = start + nbytes
-        return np.frombuffer(self.view, dtype, nbytes // np.dtype(dtype).itemsize, start).reshape(shape)
+        self.used = start + count * dtype.itemsize
+        return np.frombuffer(self.view, dtype, count, start).reshape(shape)
 
     def offset_of(self, buf) -> int | None:
         """Where ``buf`` lies in the slab, if it lies wholly inside what was handed out."""

@@ -210,7 +210,7 @@ def test_a_shorter_last_batch_is_the_first_rows_of_the_slab():
 def test_what_does_not_fit_after_the_built_part_goes_through_the_pipe_and_the_slab_comes_back():
     with Queue(num_slabs=2) as q:
         into = q.reserve(64 << 10)  # slabs grow in 1 MiB steps
-        built = torch.from_numpy(into.array(64 << 10, np.uint8, (64 << 10,)))
+        built = torch.from_numpy(into.array((64 << 10,)))
         built.fill_(7)
         extra = torch.full((2 << 20,), 3, dtype=torch.uint8)  # 2 MiB, built elsewhere: no room
         q.put([built, extra], into=into)
@@ -225,7 +225,7 @@ def test_what_does_not_fit_after_the_built_part_goes_through_the_pipe_and_the_sl
 def test_what_is_built_elsewhere_is_copied_after_the_built_part():
     with Queue(num_slabs=2) as q:
         into = q.reserve(64 << 10)
-        built = torch.from_numpy(into.array(64 << 10, np.uint8, (64 << 10,)))
+        built = torch.from_numpy(into.array((64 << 10,)))
         built.fill_(7)
         extra = torch.full((100 << 10,), 3, dtype=torch.uint8)  # fits in the 1 MiB slab
         q.put([extra, built], into=into)

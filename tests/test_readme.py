@@ -29,6 +29,19 @@ def test_readme_quick_start_runs_as_pasted(tmp_path):
     assert done.stderr == ""
 
 
+def test_readme_queue_example_runs_as_pasted(tmp_path):
+    section = README.read_text().split("`fmq_loader.Queue` also works on its own", 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match is not None, "README's Queue example has no ```python block"
+    script = tmp_path / "queue_example.py"
+    script.write_text(match.group(1) + "\n    print('frame', item['step'], int(item['frame'][0, 0, 0]))\n")
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "frame 3 7"  # the last item: the one built in its slab
+    assert done.stderr == ""
+
+
 def test_readme_names_exactly_two_setup_commands():
     block = README.read_text().split("## The two commands", 1)[1].split("```")[1]
     commands = [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
