@@ -337,12 +337,13 @@ class PullEpoch(_Epoch):
                 self._raise(batch)
             return batch
         parts = [ready.pop(seq) for seq in range(first, first + nparts)]
+        join = self._join[1] if self._join is not None and self._join[0] == first else None
+        if join is not None:
+            self._join = None  # not kept (with its copy of the batch) past this hand-out
         try:
             for part in parts:
                 if part.__class__ is WorkerFailure:
                     self._raise(part)
-            join = self._join[1] if self._join is not None and self._join[0] == first else None
-            self._join = None
             return concat_batches(parts) if join is None else join.result(parts)
         finally:  # after the join: workers held back for it may go on now
             pool.mark_consumed(nparts)

@@ -265,3 +265,13 @@ def test_workers_leave_a_core_for_the_first_batch_join_then_take_up_the_usual_bo
         # the usual bound: 4 tasks beyond the one handed out (batches 1-4)
         assert _loaded(tmp_path) == set(range(4 * 5))
         assert [b.tolist() for b in it] == [[k, k + 1, k + 2, k + 3] for k in range(4, 64, 4)]
+
+
+def test_a_failed_part_of_the_split_first_batch_raises_once_and_the_epoch_goes_on():
+    with FMQLoader(Numbers(24, fail_at=1), batch_size=4, num_workers=2,
+                   multiprocessing_context="fork") as loader:
+        it = iter(loader)
+        with pytest.raises(KeyError, match="no sample 1"):
+            next(it)
+        assert it._join is None  # the half-built batch is not kept
+        assert _batches(it) == [[k, k + 1, k + 2, k + 3] for k in range(4, 24, 4)]
