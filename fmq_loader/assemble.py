@@ -33,7 +33,7 @@ class SlabAssembler:
     batch, then put it with ``into=reservation()``; ``cancel()`` on any failure.
     """
 
-    __slots__ = ("_queue", "_n", "_reservation", "_rows", "_kind", "_fields")
+    __slots__ = ("_queue", "_n", "_reservation", "_rows", "_kind", "_fields", "_seen")
 
     def __init__(self, queue: Queue, n: int) -> None:
         self._queue, self._n = queue, n
@@ -41,6 +41,7 @@ class SlabAssembler:
         self._rows: list | None = None  # per field: the batch column in the slab, or None
         self._kind = None  # None: a sample is one tensor; else list or tuple
         self._fields: list | None = None  # per slab field: (shape, dtype)
+        self._seen: set | None = None  # data_ptr of every sample tensor copied in
 
     @property
     def active(self) -> bool:
@@ -68,36 +69,39 @@ class SlabAssembler:
         fields, kind = self._split(sample)
         if fields is None or self._n < 2:
             return
-        plan, total = [], 0
+        plan, total, rest = [], 0, 0
         for value in fields:
             if value.__class__ is torch.Tensor and _plain(value):
                 nbytes = value.numel() * value.element_size()
                 np_dtype = _dtype_pair(str(value.dtype).rpartition(".")[2])[1]
                 if np_dtype is not None and self._n * nbytes >= OUT_OF_BAND_MIN_BYTES:
-                    plan.append((tuple(value.shape), value.dtype, np_dtype, self._n * nbytes))
-                    total += -(-self._n * nbytes // 64) * 64
+                    plan.append((tuple(value.shape), value.dtype, np_dtype))
+                    total += _aligned(self._n * nbytes)
                     continue
-            elif value.__class__ not in _NUMBERS and value.__class__ is not torch.Tensor:
-                return  # strings, arrays, containers: default_collate does it all
+                rest += _aligned(self._n * nbytes)
+            elif value.__class__ in _NUMBERS:
+                rest += _aligned(self._n * 8)  # an int64 / float64 / bool column
+            else:
+                return  # strings, arrays, containers, tensor subclasses: default_collate does it all
             plan.append(None)  # collated at the end (small tensors, numbers)
         if total == 0:
             return
-        reservation = self._queue.reserve(total)
+        # Room for the columns collated at the end too: past 4 KiB they leave the
+        # pickle stream and must fit after the built ones (queue.Queue._encode_into).
+        reservation = self._queue.reserve(total + rest)
         if reservation is None:  # every slab is held: the usual path
             return
+        self._reservation, self._kind = reservation, kind  # cancel() gives it back from here on
         rows = []
         for field in plan:
             if field is None:
                 rows.append(None)
                 continue
-            shape, _, np_dtype, _ = field
-            array = reservation.array((self._n, *shape), np_dtype)
-            if array is None:  # cannot happen: the slab holds at least `total`
-                reservation.cancel()
-                return
-            rows.append(torch.from_numpy(array))
-        self._reservation, self._rows, self._kind = reservation, rows, kind
+            shape, _, np_dtype = field
+            rows.append(torch.from_numpy(reservation.array((self._n, *shape), np_dtype)))
+        self._rows = rows
         self._fields = [None if f is None else f[:2] for f in plan]
+        self._seen = set()
         if not self._fill(0, sample):
             self.cancel()
 
@@ -105,12 +109,19 @@ class SlabAssembler:
         fields, kind = self._split(sample)
         if kind is not self._kind or fields is None or len(fields) != len(self._rows):
             return False
+        seen = self._seen
         for value, row, field in zip(fields, self._rows, self._fields):
             if row is None:
                 continue
             if (value.__class__ is not torch.Tensor or value.shape != field[0]
                     or value.dtype is not field[1] or not _plain(value)):
                 return False
+            # A dataset that refills and returns one tensor: default_collate stacks what
+            # it holds at the end (every row alike); copying now would differ from that.
+            ptr = value.data_ptr()
+            if ptr in seen:
+                return False
+            seen.add(ptr)
             row[k].copy_(value)
         return True
 
@@ -137,6 +148,10 @@ class SlabAssembler:
         if self._reservation is not None:
             self._reservation.cancel()
         self._reservation = self._rows = None
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // 64) * 64  # each buffer in a slab starts on a cache line (shm.align)
 
 
 def _plain(t: torch.Tensor) -> bool:

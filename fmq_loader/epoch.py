@@ -222,6 +222,8 @@ class PullEpoch(_Epoch):
         """
         pool = self._pool
         if pool.next_seq > pool.consumed + pool.budget + spare:
+            if pool.has_staged():  # NOTE [ the board never blocks ]
+                pool.flush()
             return
         try:
             self._publish_until(pool.consumed + pool.budget + spare + 2 * self._n)

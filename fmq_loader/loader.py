@@ -340,6 +340,8 @@ class FMQLoader:
             # As torch: each iterator has its own workers, for as long as it lives.
             pool = self._new_pool()
             try:
+                if self._iterable:  # its tasks go to the workers' own pipes: they must exist
+                    pool.start()
                 it = (PushEpoch(self, pool, self._draw_base_seed()) if self._iterable
                       else PullEpoch(self, pool, self._draw_base_seed(), start=self._drawn.start))
                 pool.start()  # NOTE [ tasks before workers ]
@@ -355,24 +357,33 @@ class FMQLoader:
         if self._pool is None:
             self._pool = self._new_pool()
             self._prefetched, self._epoch_open = None, False
-        it, self._prefetched = self._prefetched, None
-        if it is not None:  # the next epoch, already under way
-            if self._epoch_open:  # the user left the last one early: drop its remaining tasks
-                self._pool.skip_below(it._first)
-            it.adopt(self)
-            self._progress, self._prefetched_progress = self._prefetched_progress, None
-        else:
-            if self._epoch_open:
-                self._pool.skip_below(self._pool.next_seq)
-            it = (PushEpoch(self, self._pool, self._draw_base_seed()) if self._iterable
-                  else PullEpoch(self, self._pool, self._draw_base_seed(),
-                                 start=self._drawn.start))
-            self._track(it)
+        pool = self._pool
+        # The usual prefetch bound, whatever an epoch dropped unfinished left it at
+        # (NOTE [ a core for the first join ]); a new split epoch sets its own.
+        pool.set_bound()
         try:
-            self._pool.start()  # NOTE [ tasks before workers ]; a no-op once started
+            if self._iterable:
+                pool.start()
+            it, self._prefetched = self._prefetched, None
+            if it is not None:  # the next epoch, already under way
+                if self._epoch_open:  # the user left the last one early: drop its remaining tasks
+                    pool.skip_below(it._first)
+                it.adopt(self)
+                self._progress, self._prefetched_progress = self._prefetched_progress, None
+            else:
+                if self._epoch_open:
+                    pool.skip_below(pool.next_seq)
+                it = (PushEpoch(self, pool, self._draw_base_seed()) if self._iterable
+                      else PullEpoch(self, pool, self._draw_base_seed(), start=self._drawn.start))
+                self._track(it)
+            pool.start()  # NOTE [ tasks before workers ]; a no-op once started
         except BaseException:
-            _close_pool(self._pools, self._pool)
-            self._pool = self._prefetched = None
+            if pool.workers and not pool._closed:  # a later epoch failed to start: the pool lives on
+                pool.skip_below(pool.next_seq)  # drop whatever of it reached the board
+                pool.set_bound()
+            else:
+                _close_pool(self._pools, pool)
+                self._pool = self._prefetched = None
             raise
         self._epoch_open = True
         self._current = weakref.ref(it)
@@ -408,9 +419,13 @@ class FMQLoader:
     def _new_pool(self) -> ProducerPool:
         """A pool whose workers are not started yet.
 
-        NOTE [ tasks before workers ]: ``iter()`` publishes the epoch's first tasks,
-        then starts the workers. Forking one worker takes ~3 ms here; a worker that
-        found no task waited for the rest to be forked, the first one ~6 ms with two.
+        NOTE [ tasks before workers ]: ``iter()`` publishes a map-style epoch's first
+        tasks, then starts the workers. Forking one worker takes ~3 ms here; a worker
+        that found no task waited for the rest to be forked, the first one ~6 ms with
+        two. Before the start the board takes what an empty pipe holds (nobody reads it
+        yet; NOTE [ the board never blocks ] in pool.py), the rest once they run.
+        Iterable datasets start their workers first: their tasks go to each worker's
+        own pipe.
         """
         pool = ProducerPool(
             self.dataset, self.num_workers, self.multiprocessing_context,

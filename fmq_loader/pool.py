@@ -123,6 +123,8 @@ class ProducerPool:
         # control words let the main process bound prefetching without a syscall.
         self._board_r, self._board_w = ctx.Pipe(duplex=False)
         self._board_fd = self._board_w.fileno()
+        # Never block on the board: see flush(). Only this process writes to it.
+        os.set_blocking(self._board_fd, False)
         self._staged = bytearray()  # framed tasks not yet written (publish / flush)
         self.control = ctx.RawArray("q", 4)
         self.control[BUDGET] = max_outstanding
@@ -134,15 +136,10 @@ class ProducerPool:
         self.next_seq = 0  # sequence number of the next task published (main process only)
         self.consumed = 0  # batches handed to the user, mirrored in control[CONSUMED]
         self.ready: dict[int, Any] = {}  # results received, not yet handed out, by sequence number
-        self._readers: list = []  # the workers' ends of their task pipes, until they start
         try:
             if method == "fork":
                 warm_pillow()
             self._board_lock = ctx.Lock()
-            for wid in range(num_workers):
-                reader, writer = ctx.Pipe(duplex=False)
-                self._readers.append(reader)
-                self._task_pipes.append(writer)
             self._ctx = ctx
             self._job = (dataset, auto_collation, collate_fn, drop_last, batch_size, worker_init_fn,
                          iterable)
@@ -155,31 +152,38 @@ class ProducerPool:
     def start(self) -> None:
         """Start the worker processes (once; a no-op after that).
 
-        The loader publishes an epoch's first tasks before it calls this, so the
-        first worker forked begins its first sample at once instead of waiting
-        for the others to be forked (NOTE [ tasks before workers ] in loader.py).
+        The loader publishes a map-style epoch's first tasks before it calls this,
+        so the first worker forked begins its first sample at once instead of
+        waiting for the others to be forked (NOTE [ tasks before workers ] in
+        loader.py). Each worker's own task pipe is made just before it is forked,
+        so no worker inherits another's reading end; ``reseed`` and ``submit``
+        (iterable datasets) need the workers started.
         """
         if self.workers or self._closed:
             return
         dataset, auto_collation, collate_fn, drop_last, batch_size, worker_init_fn, iterable = self._job
         try:
             for wid in range(self.num_workers):
+                reader, writer = self._ctx.Pipe(duplex=False)
+                self._task_pipes.append(writer)
                 spec = WorkerSpec(wid, self.num_workers, dataset, auto_collation, collate_fn,
-                                  drop_last, batch_size, worker_init_fn, self._readers[wid],
+                                  drop_last, batch_size, worker_init_fn, reader,
                                   self.results, iterable, None if iterable else self._board_r,
                                   self._board_lock, self.control, self.worker_stats)
                 proc = self._ctx.Process(target=run_worker, args=(spec,), name=f"fmq-worker-{wid}",
                                          daemon=True)
-                with _sigint_ignored():
-                    proc.start()
+                try:
+                    with _sigint_ignored():
+                        proc.start()
+                finally:
+                    reader.close()  # the worker holds the only reading end of its pipe
                 self.started_at.append(time.monotonic())
                 self.pids.append(proc.pid)
                 self.workers.append(proc)
-            for reader in self._readers:
-                reader.close()  # each worker holds the only reading end of its pipe
             self._job = None  # it holds the dataset; the workers have their copies
             # The stealer watches the workers' sentinels: get() reports an exit at once.
             self.results.watch([proc.sentinel for proc in self.workers])
+            self.flush()  # what did not fit on the board before the workers were there
         except BaseException:
             self.close()
             raise
@@ -204,11 +208,29 @@ class ProducerPool:
         return seq
 
     def flush(self) -> None:
-        """Write every staged task to the board (blocks only while the pipe is full)."""
-        data, self._staged = self._staged, bytearray()
-        view, fd = memoryview(data), self._board_fd
-        while view:
-            view = view[os.write(fd, view):]
+        """Write staged tasks to the board, as many bytes as the pipe takes now; never blocks.
+
+        NOTE [ the board never blocks ]: workers hold at most one task each, and a task
+        they may not start yet (beyond the prefetch bound) keeps them from reading
+        more; so with large tasks (thousands of indices) the pipe can fill up while
+        every worker waits for ``next()``. A blocking write there deadlocked (batch
+        4096, shuffled, 2 workers). What does not fit stays staged and goes out at a
+        later ``flush()``: ``top_up()`` tries before every wait, and the task a wait
+        needs is never behind staged bytes (the pipe holds the tasks before them, in
+        order). Before the workers start (NOTE [ tasks before workers ]) nobody reads
+        the board at all; ``start()`` flushes once they run.
+        """
+        staged = self._staged
+        while staged:
+            try:
+                n = os.write(self._board_fd, staged)
+            except BlockingIOError:
+                return
+            del staged[:n]
+
+    def has_staged(self) -> bool:
+        """Tasks published but not yet written to the board (flush() will)."""
+        return bool(self._staged)
 
     def set_bound(self, budget: int | None = None) -> None:
         """Workers may start a task only while ``seq < consumed + budget``; None: the pool's own
@@ -276,7 +298,9 @@ class ProducerPool:
         """
         for proc in self.workers:
             if exiting is not None and proc.sentinel == exiting:
-                proc.join(_REAP_S)
+                deadline = time.monotonic() + _REAP_S
+                while proc.exitcode is None and time.monotonic() < deadline:  # never blocks
+                    time.sleep(0.001)
         for wid, proc in enumerate(self.workers):
             code = proc.exitcode
             if code is None or (signals_only and code >= 0):
@@ -329,6 +353,6 @@ class ProducerPool:
                     proc.join(1.0)
                 if proc.exitcode is not None:
                     proc.close()
-            for pipe in [*self._task_pipes, *self._readers, self._board_r, self._board_w]:
+            for pipe in [*self._task_pipes, self._board_r, self._board_w]:
                 pipe.close()
             self.results.release_shared_memory()  # (6) live views keep their memory

@@ -268,7 +268,13 @@ class Queue:
         ``cancel()`` if the item is not put after all. Producers only.
         """
         slab = self._arena.claim(nbytes)
-        return None if slab is None else Reservation(self._arena, slab)
+        if slab is None:
+            return None
+        try:
+            return Reservation(self._arena, slab)
+        except BaseException:  # e.g. the mapping failed: the slab must not stay claimed
+            self._arena.release(slab)
+            raise
 
     def _encode_into(self, obj, into: "Reservation") -> bytes:
         """``_encode`` for an item built (in part) in ``into``'s slab."""
@@ -280,9 +286,9 @@ class Queue:
                 offset, end = align(end), align(end) + buf.nbytes
                 copies.append((offset, buf))
             table.append((offset, buf.nbytes))
-        if not buffers or end > into.size:  # nothing for the slab / the rest does not fit
-            try:
-                return self._encode_buffers(stream, buffers, None)
+        if not buffers or end > into.size:  # nothing for the slab / the rest does not fit:
+            try:  # all of it into another slab (or the pipe), then this one back
+                return self._encode_buffers(stream, buffers, self._arena.claim)
             finally:
                 into.cancel()
         dst = into.view

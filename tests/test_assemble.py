@@ -207,8 +207,9 @@ def test_a_shorter_last_batch_is_the_first_rows_of_the_slab():
         _same(got, default_collate(samples))
 
 
-def test_what_does_not_fit_after_the_built_part_goes_through_the_pipe_and_the_slab_comes_back():
-    with Queue(num_slabs=2) as q:
+@pytest.mark.parametrize("num_slabs, through_pipe", [(2, 0), (1, 1)])
+def test_what_does_not_fit_after_the_built_part_goes_to_another_slab_or_the_pipe(num_slabs, through_pipe):
+    with Queue(num_slabs=num_slabs) as q:
         into = q.reserve(64 << 10)  # slabs grow in 1 MiB steps
         built = torch.from_numpy(into.array((64 << 10,)))
         built.fill_(7)
@@ -216,7 +217,7 @@ def test_what_does_not_fit_after_the_built_part_goes_through_the_pipe_and_the_sl
         q.put([built, extra], into=into)
         got = q.get(timeout=10)
         assert torch.equal(got[0], built) and torch.equal(got[1], extra)
-        assert q.pipe_items() == 1
+        assert q.pipe_items() == through_pipe
         del got, built
         gc.collect()
         assert _claimed(q) == 0
@@ -235,3 +236,42 @@ def test_what_is_built_elsewhere_is_copied_after_the_built_part():
         del got, built
         gc.collect()
         assert _claimed(q) == 0
+
+
+class Cifar(Dataset):
+    def __len__(self) -> int:
+        return 512 * 3
+
+    def __getitem__(self, i: int):
+        return torch.zeros(3, 32, 32), i  # 512 of them: exactly 6 MiB, and 4 KiB of labels
+
+
+def test_a_batch_whose_images_fill_whole_mebibytes_still_fits_its_labels_in_the_slab():
+    """Regression: the reservation had room for the images only; 512 labels (4 KiB, out
+    of band) did not fit, so every such batch went through the pipe."""
+    with FMQLoader(Cifar(), batch_size=512, num_workers=2, persistent_workers=True,
+                   prefetch_next_epoch=False, multiprocessing_context="fork") as loader:
+        labels = [b[1] for b in loader]
+        assert torch.equal(torch.cat(labels), torch.arange(512 * 3))
+        assert loader._pool.results.pipe_items() == 0
+
+
+class Refilled(Dataset):
+    """Returns the same tensor every time, refilled: default_collate stacks what it holds."""
+
+    def __init__(self) -> None:
+        self.buf = torch.zeros(3, 32, 32)
+
+    def __len__(self) -> int:
+        return 32
+
+    def __getitem__(self, i: int):
+        self.buf.fill_(i)
+        return self.buf
+
+
+def test_a_dataset_that_refills_one_tensor_gets_default_collates_batches():
+    expected = [b[:, 0, 0, 0].tolist() for b in DataLoader(Refilled(), batch_size=8)][1:]
+    with FMQLoader(Refilled(), batch_size=8, num_workers=2, multiprocessing_context="fork") as loader:
+        got = [b[:, 0, 0, 0].tolist() for b in loader][1:]  # the split first batch differs, as before
+    assert got == expected == [[k + 7.0] * 8 for k in (8, 16, 24)]

@@ -275,3 +275,34 @@ def test_a_failed_part_of_the_split_first_batch_raises_once_and_the_epoch_goes_o
             next(it)
         assert it._join is None  # the half-built batch is not kept
         assert _batches(it) == [[k, k + 1, k + 2, k + 3] for k in range(4, 24, 4)]
+
+
+def test_an_epoch_dropped_before_its_first_batch_does_not_leave_the_bound_held():
+    with FMQLoader(Numbers(16), batch_size=4, num_workers=2, prefetch_factor=4,
+                   persistent_workers=True, multiprocessing_context="fork") as loader:
+        it = iter(loader)
+        assert loader._pool.control[3] == 3  # held for the split first batch: 2 * 2 - 1
+        del it
+        for _ in range(2):
+            assert _batches(loader) == [[k, k + 1, k + 2, k + 3] for k in range(0, 16, 4)]
+            assert loader._pool.control[3] == loader._pool.budget == 8
+
+
+class Indices(Dataset):
+    def __len__(self) -> int:
+        return 1_000_000
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_more_tasks_than_an_empty_pipe_holds_before_the_workers_start(persistent):
+    """Regression (NOTE [ tasks before workers ]): iter() wrote every first task to the
+    board before any worker could read it, and blocked for good once they passed 64 KiB."""
+    with FMQLoader(Indices(), batch_size=4096, num_workers=2, shuffle=True, timeout=30,
+                   persistent_workers=persistent, multiprocessing_context="fork") as loader:
+        it = iter(loader)
+        batches = [next(it) for _ in range(12)]
+        assert all(len(b) == 4096 for b in batches)
+        assert len({int(i) for b in batches for i in b}) == 12 * 4096
