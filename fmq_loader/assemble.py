@@ -19,6 +19,7 @@ import torch
 from .codec import OUT_OF_BAND_MIN_BYTES, _dtype_pair
 from .collate import default_collate
 from .queue import Queue, Reservation
+from .shm import align
 
 __all__ = ["SlabAssembler"]
 
@@ -76,11 +77,11 @@ class SlabAssembler:
                 np_dtype = _dtype_pair(str(value.dtype).rpartition(".")[2])[1]
                 if np_dtype is not None and self._n * nbytes >= OUT_OF_BAND_MIN_BYTES:
                     plan.append((tuple(value.shape), value.dtype, np_dtype))
-                    total += _aligned(self._n * nbytes)
+                    total += align(self._n * nbytes)
                     continue
-                rest += _aligned(self._n * nbytes)
+                rest += align(self._n * nbytes)
             elif value.__class__ in _NUMBERS:
-                rest += _aligned(self._n * 8)  # an int64 / float64 / bool column
+                rest += align(self._n * 8)  # an int64 / float64 / bool column
             else:
                 return  # strings, arrays, containers, tensor subclasses: default_collate does it all
             plan.append(None)  # collated at the end (small tensors, numbers)
@@ -148,10 +149,6 @@ class SlabAssembler:
         if self._reservation is not None:
             self._reservation.cancel()
         self._reservation = self._rows = None
-
-
-def _aligned(nbytes: int) -> int:
-    return -(-nbytes // 64) * 64  # each buffer in a slab starts on a cache line (shm.align)
 
 
 def _plain(t: torch.Tensor) -> bool:

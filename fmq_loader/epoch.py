@@ -358,6 +358,7 @@ class PushEpoch(_Epoch):
 
     def __init__(self, loader: "FMQLoader", pool: "ProducerPool", base_seed: int) -> None:
         super().__init__(loader, pool)
+        pool.start()  # its tasks go to each worker's own pipe, made when the worker starts
         self._budget = pool.budget
         self._active = [True] * self._n
         self._outstanding: dict[int, int] = {}

@@ -340,8 +340,6 @@ class FMQLoader:
             # As torch: each iterator has its own workers, for as long as it lives.
             pool = self._new_pool()
             try:
-                if self._iterable:  # its tasks go to the workers' own pipes: they must exist
-                    pool.start()
                 it = (PushEpoch(self, pool, self._draw_base_seed()) if self._iterable
                       else PullEpoch(self, pool, self._draw_base_seed(), start=self._drawn.start))
                 pool.start()  # NOTE [ tasks before workers ]
@@ -362,8 +360,6 @@ class FMQLoader:
         # (NOTE [ a core for the first join ]); a new split epoch sets its own.
         pool.set_bound()
         try:
-            if self._iterable:
-                pool.start()
             it, self._prefetched = self._prefetched, None
             if it is not None:  # the next epoch, already under way
                 if self._epoch_open:  # the user left the last one early: drop its remaining tasks
@@ -378,7 +374,7 @@ class FMQLoader:
                 self._track(it)
             pool.start()  # NOTE [ tasks before workers ]; a no-op once started
         except BaseException:
-            if pool.workers and not pool._closed:  # a later epoch failed to start: the pool lives on
+            if pool.running:  # a later epoch failed to start: the pool lives on
                 pool.skip_below(pool.next_seq)  # drop whatever of it reached the board
                 pool.set_bound()
             else:
@@ -424,8 +420,8 @@ class FMQLoader:
         that found no task waited for the rest to be forked, the first one ~6 ms with
         two. Before the start the board takes what an empty pipe holds (nobody reads it
         yet; NOTE [ the board never blocks ] in pool.py), the rest once they run.
-        Iterable datasets start their workers first: their tasks go to each worker's
-        own pipe.
+        An iterable dataset's epoch (PushEpoch) starts the workers first: its tasks go
+        to each worker's own pipe.
         """
         pool = ProducerPool(
             self.dataset, self.num_workers, self.multiprocessing_context,

@@ -228,6 +228,11 @@ class ProducerPool:
                 return
             del staged[:n]
 
+    @property
+    def running(self) -> bool:
+        """The workers were started and the pool is not closed."""
+        return bool(self.workers) and not self._closed
+
     def has_staged(self) -> bool:
         """Tasks published but not yet written to the board (flush() will)."""
         return bool(self._staged)
@@ -296,8 +301,8 @@ class ProducerPool:
         (a bounded wait). Missing that moment would leave a worker killed before it
         took a task unreported while the others keep the loop fed.
         """
-        for proc in self.workers:
-            if exiting is not None and proc.sentinel == exiting:
+        for proc in self.workers if exiting is not None else ():
+            if proc.sentinel == exiting:
                 deadline = time.monotonic() + _REAP_S
                 while proc.exitcode is None and time.monotonic() < deadline:  # never blocks
                     time.sleep(0.001)

@@ -278,7 +278,7 @@ def run_worker(spec: WorkerSpec) -> None:
                 if assemble:
                     assembler = SlabAssembler(results, spec.batch_size)
                 payload = _next_from_iterable(spec, iterator, assembler)
-                if assembler is not None:
+                if assembler is not None and payload.__class__ is not EndOfData:
                     into = assembler.reservation()
             elif assemble:  # NOTE: see assemble.py; the same batch as default_collate's
                 assembler = SlabAssembler(results, len(indices))
@@ -332,7 +332,7 @@ def _next_from_iterable(spec: WorkerSpec, iterator, assembler=None):
         if len(items) == spec.batch_size:
             break
     if not items or (spec.drop_last and len(items) < spec.batch_size):
-        return EndOfData(spec.worker_id)  # the caller gives the assembler's slab back
+        return EndOfData(spec.worker_id)  # the caller cancels the assembler
     return spec.collate_fn(items) if assembler is None else assembler.finish(items)
 
 
