@@ -229,6 +229,34 @@ def test_a_loop_that_never_waits_refills_only_when_no_spare_task_is_left():
     assert got == [[2 * k, 2 * k + 1] for k in range(61)]
 
 
+class Slow(Numbers):
+    def __getitem__(self, i: int) -> int:
+        time.sleep(0.02)
+        return i
+
+
+def test_the_batches_prefetched_during_a_step_are_handed_out_without_a_refill():
+    """NOTE [ refill while waiting ]: a next() that waits leaves ``budget`` spare tasks on
+    the board, so the ``budget`` batches made during a long training step come out of
+    ready next() calls that publish nothing."""
+    with FMQLoader(Slow(400), batch_size=1, num_workers=2, persistent_workers=True,
+                   multiprocessing_context="fork", timeout=10) as loader:
+        it = iter(loader)
+        pool = loader._pool
+        got = []
+        for _ in range(4):
+            got += [next(it).item() for _ in range(3)]  # decode-bound: these wait
+            assert pool.next_seq - pool.consumed >= 2 * pool.budget - 1
+            deadline = time.monotonic() + 10
+            while (len(pool.ready) + pool.results.buffered() < pool.budget
+                   and time.monotonic() < deadline):
+                time.sleep(0.005)  # the step: every task up to the bound is made
+            published = pool.next_seq
+            got += [next(it).item() for _ in range(pool.budget)]
+            assert pool.next_seq == published, "a ready next() refilled the board"
+    assert got == list(range(len(got)))
+
+
 class Recorded(Dataset):
     """Leaves a file named after each index it loads: what the workers started, seen from outside."""
 
