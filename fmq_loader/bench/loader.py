@@ -13,9 +13,11 @@ worker start included); epoch-2 start (time from the end of epoch 1 to the
 first batch of epoch 2: in this decode-bound loop it depends on where the
 pipeline is in its cycle); next-epoch start after slack (one more epoch with a
 0.5 s training step before its last batch, then the time to the following
-epoch's first batch: the cost of the boundary itself). Before the timed
+epoch's first batch: the cost of the boundary itself). Before each timed
 ``next()`` the loop computes for 0.5 s (a matmul loop: a stand-in for a
-training step) so the prefetch is full.
+training step) so the prefetch is full: at batch 3 of each epoch and every 8
+batches after it while 4 or more remain (batches 3 and 11 of the default 20),
+so the median has 4 samples per run and is not half first-epoch start-up.
 
     python -m fmq_loader.bench loader [--quick] [--images N] [--runs R] [--json]
         [--fmq-pipeline imagefolder]   # FMQLoader + ImageFolder against DataLoader + the plain Dataset
@@ -97,14 +99,17 @@ def _one_run(kind: str, dataset, batch_size: int, num_workers: int, epochs: int,
     images = 0
     t_start = time.perf_counter()
     t_end_prev = None
+    steps = 0
     try:
         for epoch in range(epochs):
             t_iter = time.perf_counter()
             it = iter(loader)
             n = 0
             while True:
-                if n == 3:  # let the prefetch fill, then time a next() whose batch is waiting
+                stepped = n == 3 or (n % 8 == 3 and n + 4 < len(loader))
+                if stepped:  # let the prefetch fill, then time a next() whose batch is waiting
                     _train_step_for(0.5)
+                    steps += 1
                 c0, t0 = _cpu(), time.perf_counter()
                 try:
                     x, _ = next(it)
@@ -116,7 +121,7 @@ def _one_run(kind: str, dataset, batch_size: int, num_workers: int, epochs: int,
                         first_batch = t1 - t_iter
                     elif t_end_prev is not None:
                         epoch_starts.append(t1 - t_end_prev)
-                elif n == 3:
+                elif stepped:
                     ready_next.append(t1 - t0)
                 if n > 0:
                     cpu_per_batch.append(c1 - c0)
@@ -124,7 +129,7 @@ def _one_run(kind: str, dataset, batch_size: int, num_workers: int, epochs: int,
                 n += 1
                 del x
             t_end_prev = time.perf_counter()
-        elapsed = time.perf_counter() - t_start - 0.5 * epochs
+        elapsed = time.perf_counter() - t_start - 0.5 * steps
         # Probe, outside the figures above: one more epoch, with a training step before
         # its last batch, so the pipeline has slack at the boundary; then the time to
         # the next epoch's first batch measures the boundary itself, not the phase of
