@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import queue as _queue
 import time
+import warnings
 import weakref
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,25 @@ def pin(data, device: str = ""):
     if isinstance(data, (list, tuple)):
         return type(data)(pin(v, device) for v in data)
     return data
+
+
+def warn_if_past_reported_length(dataset, reported: int | None, yielded: int, num_workers: int,
+                                 stacklevel: int) -> None:
+    """As torch's DataLoader: an iterable dataset's epoch yields more than the ``len(dataset)``
+    that ``len(loader)`` reported (compared with the items yielded, as torch compares them).
+
+    With workers, the usual cause is a dataset that does not shard itself per worker,
+    so every worker yields all of it.
+    """
+    if reported is None or yielded <= reported:
+        return
+    message = (f"len() of the IterableDataset {dataset!r} was {reported} when len(loader) was "
+               f"called, but this epoch has yielded {yielded} items so far.")
+    if num_workers > 0:
+        message += (f" Each of the {num_workers} workers iterates its own copy of the dataset: "
+                    "have __iter__ yield only its share, by fmq_loader.get_worker_info() (or "
+                    "torch.utils.data.get_worker_info()): its id and num_workers.")
+    warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)
 
 
 def _dataset_epoch(loader: "FMQLoader") -> int | None:
@@ -369,6 +389,8 @@ class PushEpoch(_Epoch):
         self._ready: dict[int, Any] = {}
         self._auto_collation = loader.auto_collation
         self._worker_cycle = itertools.cycle(range(self._n))
+        self._reported_len = loader._reported_len  # as torch: the value when this epoch began
+        self._handed_out = 0
         pool.reseed(base_seed, _dataset_epoch(loader))
         self._first = self._next_task = self._next_yield = pool.next_seq
         for _ in range(self._budget):
@@ -422,4 +444,8 @@ class PushEpoch(_Epoch):
             return _SKIP
         self._dispatch()
         self._samples = batch_size_of(payload) if self._auto_collation else 1
+        self._handed_out += 1
+        # stacklevel: here, _next_batch, __next__, the caller of next()
+        warn_if_past_reported_length(self._loader.dataset, self._reported_len, self._handed_out,
+                                     self._n, stacklevel=4)
         return payload

@@ -33,6 +33,7 @@ import contextlib
 import itertools
 import logging
 import multiprocessing as mp
+import os
 import random
 import warnings
 import weakref
@@ -46,7 +47,7 @@ from torch.utils.data import (BatchSampler, DistributedSampler, IterableDataset,
 
 from .collate import default_collate, default_convert
 from .distributed import EpochOrder, detect_rank
-from .epoch import PullEpoch, PushEpoch, pin
+from .epoch import PullEpoch, PushEpoch, pin, warn_if_past_reported_length
 from .pool import ProducerPool, warm_pillow
 from .resume import EpochProgress, loader_state, order_sampler, parse_state
 from .stats import LoaderStats, Meter
@@ -210,9 +211,11 @@ class FMQLoader:
             warnings.warn("'pin_memory' argument is set as true but no accelerator is found, "
                           "then device pinned memory won't be used.", stacklevel=2)
             self.pin_memory = False
+        _warn_if_more_workers_than_cpus(num_workers, stacklevel=2)
         self.prefetch_next_epoch = prefetch_next_epoch
         self._prefetched = None
         self._iterable = iterable
+        self._reported_len: int | None = None  # an iterable dataset's len(), once len(self) asked
         self._epoch = 0
         self._iterations = 0
         self._first_base_seed: int | None = None
@@ -273,6 +276,7 @@ class FMQLoader:
     def __len__(self) -> int:
         if self._iterable:
             length = len(self.dataset)  # TypeError for a dataset without __len__, as in torch
+            self._reported_len = length  # an epoch that yields more warns, as torch's does
             if self.batch_size is not None:
                 length = length // self.batch_size if self.drop_last else -(-length // self.batch_size)
             return length
@@ -423,6 +427,7 @@ class FMQLoader:
         An iterable dataset's epoch (PushEpoch) starts the workers first: its tasks go
         to each worker's own pipe.
         """
+        _warn_if_more_workers_than_cpus(self.num_workers, stacklevel=3)  # as torch, per start
         pool = ProducerPool(
             self.dataset, self.num_workers, self.multiprocessing_context,
             auto_collation=self.auto_collation, collate_fn=self.collate_fn,
@@ -540,6 +545,22 @@ def _close_pools(pools: set) -> None:
         pools.pop().close()
 
 
+def _warn_if_more_workers_than_cpus(num_workers: int, stacklevel: int) -> None:
+    """As torch's DataLoader: more workers than CPUs this process may run on can slow
+    loading down or freeze it (at construction, and where workers start)."""
+    try:
+        cpus: int | None = len(os.sched_getaffinity(0))
+        source = "this process may run on (os.sched_getaffinity)"
+    except AttributeError:  # not Linux
+        cpus, source = os.cpu_count(), "of this machine (os.cpu_count; affinity unknown)"
+    if num_workers <= 0 or (cpus is not None and num_workers <= cpus):
+        return
+    have = f"the {cpus} CPUs {source}" if cpus is not None else "this machine's CPUs (how many is unknown)"
+    warnings.warn(f"num_workers={num_workers}: more worker processes than {have}. Too many "
+                  "workers can make loading slow or freeze it; lower num_workers if it does.",
+                  UserWarning, stacklevel=stacklevel + 1)
+
+
 def _metered(meter: Meter, batches):
     """Time each step of ``batches``, ``(samples, batch)`` pairs, for ``stats()``."""
     start = perf_counter()
@@ -561,6 +582,9 @@ def _own_rng_state():
         torch.set_rng_state(states[2])
 
 
+_END = object()
+
+
 def _single_process_iter(loader: FMQLoader, base_seed: int, index_sampler=None,
                          progress: EpochProgress | None = None):
     """num_workers=0: load in this process, same semantics as the worker path.
@@ -569,19 +593,22 @@ def _single_process_iter(loader: FMQLoader, base_seed: int, index_sampler=None,
     """
     dataset, collate = loader.dataset, loader.collate_fn
     if loader._iterable:
-        it = iter(dataset)
-        if loader.auto_collation:
-            while True:
+        it, reported, yielded = iter(dataset), loader._reported_len, 0
+        while True:
+            if loader.auto_collation:
                 items = list(itertools.islice(it, loader.batch_size))
                 if not items or (loader.drop_last and len(items) < loader.batch_size):
                     return
-                batch = collate(items)
-                yield len(items), pin(batch, loader.pin_memory_device) if loader.pin_memory else batch
-        else:
-            for item in it:
-                batch = collate(item)
-                yield 1, pin(batch, loader.pin_memory_device) if loader.pin_memory else batch
-        return
+                samples, batch = len(items), collate(items)
+            else:
+                item = next(it, _END)
+                if item is _END:
+                    return
+                samples, batch = 1, collate(item)
+            yielded += 1
+            # stacklevel: here, _metered, the caller of next()
+            warn_if_past_reported_length(dataset, reported, yielded, 0, stacklevel=3)
+            yield samples, pin(batch, loader.pin_memory_device) if loader.pin_memory else batch
     position = 0  # each sample seeded from its place in the epoch, as in the workers
     batches = iter(loader._index_sampler if index_sampler is None else index_sampler)
     for indices in itertools.islice(batches, progress.start if progress is not None else 0):

@@ -41,6 +41,7 @@ import dataclasses
 import os
 import statistics
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -216,6 +217,14 @@ def _stat(stats, name: str, default=0):
 def _run_trial(cfg: LoaderConfig, dataset, workers: int, prefetch: int, decoder: str,
                slice_s: float, step_s: float = 0.0) -> tuple[Trial | None, dict]:
     """One trial; returns (Trial or None when it measured too little, facts for messages)."""
+    with warnings.catch_warnings():
+        # the ladder goes past the core count on purpose: no "more workers than CPUs" warning
+        warnings.filterwarnings("ignore", message=r"num_workers=\d+: more worker processes than")
+        return _measure_trial(cfg, dataset, workers, prefetch, decoder, slice_s, step_s)
+
+
+def _measure_trial(cfg: LoaderConfig, dataset, workers: int, prefetch: int, decoder: str,
+                   slice_s: float, step_s: float) -> tuple[Trial | None, dict]:
     from .build import loader_from_config
 
     warmup = workers * prefetch + 1

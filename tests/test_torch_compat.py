@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import collections
 import gc
+import os
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -145,6 +147,60 @@ def test_len_matches_torch_for_samplers_drop_last_and_sized_iterables():
     for kw in (dict(batch_size=4), dict(batch_size=4, drop_last=True), dict(batch_size=None)):
         sized = SizedRange(0, 10)
         assert len(FMQLoader(sized, **kw)) == len(DataLoader(sized, **kw)), kw
+
+
+class UnshardedSizedRange(torch.utils.data.IterableDataset):
+    """Every worker yields all of 0..n-1: the classic missing-shard mistake."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return iter(range(self.n))
+
+
+def _warnings_while(fn) -> list[warnings.WarningMessage]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fn()
+    return caught
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_an_iterable_that_yields_more_than_its_reported_len_warns_as_torch_does(num_workers):
+    """torch warns at each item past len(dataset), once len(loader) was asked (its NOTE
+    [ IterableDataset and __len__ ]); with workers, an unsharded dataset is the usual cause."""
+    extra = {"multiprocessing_context": "fork"} if num_workers else {}
+    counts, items = {}, {}
+    for cls in (DataLoader, FMQLoader):
+        loader = cls(UnshardedSizedRange(4), batch_size=None, num_workers=num_workers, **extra)
+        assert not _warnings_while(lambda: list(loader))  # len() not asked: no warning
+        len(loader)
+        got = []
+        caught = _warnings_while(lambda: got.extend(int(x) for x in loader))
+        items[cls], counts[cls] = sorted(got), len(caught)
+        if cls is FMQLoader:
+            assert all(w.filename == __file__ for w in caught)  # points at the loop
+            if caught:
+                message = str(caught[0].message)
+                assert "was 4 when len(loader) was called" in message and "5 items" in message
+                assert "get_worker_info()" in message
+    assert items[FMQLoader] == items[DataLoader]
+    assert counts[FMQLoader] == counts[DataLoader] == (4 if num_workers else 0)
+
+
+def test_more_workers_than_cpus_warns_as_torch_does():
+    cpus = len(os.sched_getaffinity(0))
+    for cls in (DataLoader, FMQLoader):
+        caught = _warnings_while(lambda: cls(KindDataset(4), num_workers=cpus + 1))
+        assert len(caught) == 1 and caught[0].category is UserWarning, (cls, caught)
+        assert not _warnings_while(lambda: cls(KindDataset(4), num_workers=cpus))
+    message = str(caught[0].message)
+    assert f"num_workers={cpus + 1}" in message and f"the {cpus} CPUs" in message
+    assert caught[0].filename == __file__
 
 
 def _flat(message: str) -> str:
