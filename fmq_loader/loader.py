@@ -247,6 +247,29 @@ class FMQLoader:
                              f"got {log_every_s!r}")
         self.log_every_s = log_every_s
         self._meter = Meter(log_every_s, weakref.WeakMethod(self._log_stats))
+        self._initialized = True
+
+    # As torch's DataLoader: these shape the batches and the index order, which are
+    # fixed at construction (the batch sampler is built from them), so a later
+    # assignment would be silently ignored; it raises instead.
+    _FIXED_AFTER_INIT = frozenset(
+        {"batch_size", "batch_sampler", "sampler", "drop_last", "dataset", "persistent_workers"})
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in self._FIXED_AFTER_INIT and self.__dict__.get("_initialized"):
+            raise ValueError(f"{name} attribute should not be set after FMQLoader is "
+                             f"initialized (as in torch's DataLoader): it was fixed when the "
+                             f"loader was built; create a new FMQLoader with {name}={value!r}")
+        object.__setattr__(self, name, value)
+
+    @property
+    def multiprocessing_context(self):
+        """The start method's context (validated on assignment, as in torch's DataLoader)."""
+        return self._multiprocessing_context
+
+    @multiprocessing_context.setter
+    def multiprocessing_context(self, ctx) -> None:
+        self._multiprocessing_context = self._resolve_context(ctx)
 
     def _resolve_context(self, ctx):
         if ctx is None:

@@ -203,6 +203,30 @@ def test_more_workers_than_cpus_warns_as_torch_does():
     assert caught[0].filename == __file__
 
 
+@pytest.mark.parametrize("name, value", [("batch_size", 3), ("sampler", None), ("batch_sampler", None),
+                                         ("drop_last", True), ("dataset", [1]),
+                                         ("persistent_workers", True)])
+def test_attributes_fixed_at_construction_refuse_assignment_as_torchs_do(name, value):
+    for cls in (DataLoader, FMQLoader):
+        loader = cls(KindDataset(10), batch_size=2)
+        with pytest.raises(ValueError, match=f"{name} attribute should not be set after"):
+            setattr(loader, name, value)
+
+
+def test_multiprocessing_context_is_checked_when_assigned_as_torchs_is():
+    for cls in (DataLoader, FMQLoader):
+        loader = cls(KindDataset(10), batch_size=2, num_workers=1)
+        with pytest.raises(ValueError, match="should specify a valid start method"):
+            loader.multiprocessing_context = "bogus"
+        loader.multiprocessing_context = "spawn"
+        assert loader.multiprocessing_context.get_start_method() == "spawn"
+        loader.num_workers = 2  # allowed, as in torch
+    with FMQLoader(KindDataset(10), batch_size=2, num_workers=1) as loader:
+        loader.multiprocessing_context = "fork"
+        loader.num_workers = 2
+        assert_same_batch(list(loader), list(DataLoader(KindDataset(10), batch_size=2)))
+
+
 def _flat(message: str) -> str:
     return "".join(message.split()).rstrip(".")
 
