@@ -27,6 +27,7 @@ import numpy.random  # noqa: F401 -- loaded now, not lazily in the middle of an 
 import torch
 
 from .collate import PartsJoin, concat_batches, default_collate
+from .pinning import pin
 from .errors import QueueTimeout, WorkerError
 from .stealer import WatchedFdReady
 from .stats import batch_size_of
@@ -36,24 +37,10 @@ if TYPE_CHECKING:
     from .loader import FMQLoader
     from .pool import ProducerPool
 
-__all__ = ["PullEpoch", "PushEpoch", "pin"]
+__all__ = ["PullEpoch", "PushEpoch", "warn_if_past_reported_length"]
 
 _POLL_S = 0.1  # how often a waiting next() checks that workers are alive
 _SKIP = object()
-
-
-def pin(data, device: str = ""):
-    """Copy every tensor in ``data`` to pinned memory (keeps containers' types)."""
-    if isinstance(data, torch.Tensor):
-        return data.pin_memory(device) if device else data.pin_memory()
-    if isinstance(data, dict):
-        pinned = {k: pin(v, device) for k, v in data.items()}
-        return pinned if type(data) is dict else type(data)(pinned)
-    if isinstance(data, tuple) and hasattr(data, "_fields"):
-        return type(data)(*(pin(v, device) for v in data))
-    if isinstance(data, (list, tuple)):
-        return type(data)(pin(v, device) for v in data)
-    return data
 
 
 def warn_if_past_reported_length(dataset, reported: int | None, yielded: int, num_workers: int,
@@ -96,6 +83,7 @@ class _Epoch:
         self._in_order = loader.in_order
         self._timeout = loader.timeout
         self._pin = loader.pin_memory
+        self._pin_device = loader._pin_device
         self._meter = loader._meter
         self._samples = 0  # samples in the batch being handed out (set by _next_batch)
         self._done = False
@@ -122,7 +110,7 @@ class _Epoch:
                 self._finish(error=True)
             raise
         if self._pin:
-            batch = pin(batch, self._loader.pin_memory_device)
+            batch = pin(batch, self._pin_device)
         self._meter.record(start, perf_counter(), self._samples)
         return batch
 

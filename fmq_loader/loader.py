@@ -47,7 +47,8 @@ from torch.utils.data import (BatchSampler, DistributedSampler, IterableDataset,
 
 from .collate import default_collate, default_convert
 from .distributed import EpochOrder, detect_rank
-from .epoch import PullEpoch, PushEpoch, pin, warn_if_past_reported_length
+from .epoch import PullEpoch, PushEpoch, warn_if_past_reported_length
+from .pinning import pin, pin_settings
 from .pool import ProducerPool, warm_pillow
 from .resume import EpochProgress, loader_state, order_sampler, parse_state
 from .stats import LoaderStats, Meter
@@ -202,15 +203,12 @@ class FMQLoader:
         self.in_order = in_order
         self.extra_slabs = extra_slabs
         self.seed = seed
-        self.multiprocessing_context = self._resolve_context(multiprocessing_context)
+        self.multiprocessing_context = multiprocessing_context  # validated by the setter
         if num_workers > 0 and self.multiprocessing_context.get_start_method() == "fork":
             warm_pillow()  # now, not on the way to the first batch
-        self.pin_memory = pin_memory
         self.pin_memory_device = pin_memory_device
-        if pin_memory and not torch.cuda.is_available():
-            warnings.warn("'pin_memory' argument is set as true but no accelerator is found, "
-                          "then device pinned memory won't be used.", stacklevel=2)
-            self.pin_memory = False
+        # pinning.py: False without an accelerator (with torch's warning)
+        self.pin_memory, self._pin_device = pin_settings(pin_memory, pin_memory_device, stacklevel=2)
         _warn_if_more_workers_than_cpus(num_workers, stacklevel=2)
         self.prefetch_next_epoch = prefetch_next_epoch
         self._prefetched = None
@@ -631,7 +629,7 @@ def _single_process_iter(loader: FMQLoader, base_seed: int, index_sampler=None,
             yielded += 1
             # stacklevel: here, _metered, the caller of next()
             warn_if_past_reported_length(dataset, reported, yielded, 0, stacklevel=3)
-            yield samples, pin(batch, loader.pin_memory_device) if loader.pin_memory else batch
+            yield samples, pin(batch, loader._pin_device) if loader.pin_memory else batch
     position = 0  # each sample seeded from its place in the epoch, as in the workers
     batches = iter(loader._index_sampler if index_sampler is None else index_sampler)
     for indices in itertools.islice(batches, progress.start if progress is not None else 0):
@@ -651,6 +649,6 @@ def _single_process_iter(loader: FMQLoader, base_seed: int, index_sampler=None,
         if progress is not None:
             progress.count += 1
         yield (len(indices) if loader.auto_collation else 1,
-               pin(batch, loader.pin_memory_device) if loader.pin_memory else batch)
+               pin(batch, loader._pin_device) if loader.pin_memory else batch)
     if progress is not None:
         progress.finished = True
