@@ -171,7 +171,8 @@ class LoaderSection:
                                      "(torch's default)")
     persistent_workers: bool = _f(False, _bool, "keep workers alive between epochs")
     pin_memory: bool = _f(False, _bool, "page-lock batches for fast GPU copies (needs CUDA)")
-    pin_memory_device: str = _f("", _str, "device to pin for; '' = the current accelerator")
+    pin_memory_device: str = _f("", _str, "device to pin for; '' = the current accelerator "
+                                "(ignored, with a warning, where torch deprecated it)")
     timeout: float = _f(0.0, _float(0), "seconds to wait for one batch; 0 waits forever")
     in_order: bool = _f(True, _bool, "yield batches in sampler order; false yields whichever "
                                      "is ready first")
