@@ -9,7 +9,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 TORCH_PIP_ARGS ?=
 
-.PHONY: demo seed-demo test test-slow test-matrix venv clean
+.PHONY: demo seed-demo test test-slow test-gpu test-matrix venv clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m slow
+
+# Needs a CUDA device and a CUDA build of torch (pass TORCH_PIP_ARGS); skipped without one.
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m gpu
 
 # The full exit matrix (240 cases, about 12 minutes on 2 cores); `make test` runs a slice.
 test-matrix: $(STAMP)
