@@ -326,8 +326,13 @@ class ProducerPool:
                        "a call to sys.exit() or os._exit() in the dataset may be the cause")
             raise WorkerError(msg, worker_id=wid, pid=proc.pid)
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop everything; idempotent. See NOTE [ fmq shutdown order ] in loader.py."""
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop everything; idempotent. See NOTE [ fmq shutdown order ] in loader.py.
+
+        Workers stop between two samples once STOP is set (worker.stop_check); one
+        still busy after ``timeout`` (a sample that takes seconds, or hangs) is
+        terminated, quietly: an early break, an error or Ctrl-C prints nothing.
+        """
         if self._closed:
             return
         self._closed = True
@@ -347,10 +352,9 @@ class ProducerPool:
         finally:
             for proc in self.workers:
                 if proc.is_alive():
-                    # Quietly when close() itself was interrupted (a second Ctrl-C, say).
-                    if joined:
-                        logger.warning("fmq worker %s (pid %s) did not stop in %.1f s; terminating",
-                                       proc.name, proc.pid, timeout)
+                    if joined:  # (not when close() itself was interrupted: a second Ctrl-C)
+                        logger.info("fmq worker %s (pid %s) was still in a sample after %.1f s; "
+                                    "terminating it", proc.name, proc.pid, timeout)
                     proc.terminate()
                     proc.join(1.0)
                 if proc.is_alive():

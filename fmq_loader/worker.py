@@ -154,6 +154,26 @@ CONSUMED, MIN_SEQ, STOP, BUDGET = range(4)
 _BOUND_POLL_MIN_S, _BOUND_POLL_MAX_S = 0.001, 0.016
 
 
+class Stopping(BaseException):
+    """Raised between two samples in a worker: the pool is closing, drop this batch.
+
+    A BaseException, so the worker's ``except Exception`` (a dataset's error, sent on
+    as a WorkerFailure) does not catch it.
+    """
+
+
+def stop_check(control) -> Callable[[Any, Any], None]:
+    """An ``each`` for ``load_batch``: raise ``Stopping`` once the pool set its STOP word.
+
+    So ``close()`` (an early break, an error, Ctrl-C) waits for one sample, not a
+    whole batch: a batch of slow samples took the full 5 s grace before.
+    """
+    def check(_k=None, _sample=None) -> None:
+        if control is not None and control[STOP]:
+            raise Stopping
+    return check
+
+
 def load_batch(dataset, indices, auto_collation: bool, base_seed: int, position: int,
                torch_gen=None, each: Callable | None = None):
     """The samples of one task, each loaded right after seeding it from its epoch position.
@@ -202,8 +222,11 @@ def run_worker(spec: WorkerSpec) -> None:
     results.cancel_join_thread()  # never hang at exit on a consumer that stopped reading
     parent = __import__("multiprocessing").parent_process()
     sentinel = [parent.sentinel] if parent is not None else []
+    if parent is not None:
+        _exit_with(parent.sentinel)
     watch = [spec.tasks] + ([spec.board] if spec.board is not None else []) + sentinel
     control = spec.control
+    check_stop = stop_check(control)
 
     _publish_worker_info(spec, 0)
     if spec.worker_init_fn is not None:
@@ -223,6 +246,8 @@ def run_worker(spec: WorkerSpec) -> None:
            np.frombuffer(spec.stats, np.float64)[spec.worker_id * WORKER_FIELDS:][:WORKER_FIELDS])
     while True:
         ready = mp_connection.wait(watch)
+        if sentinel and sentinel[0] in ready:
+            return  # the parent died: no new task (it may have come with the same wake-up)
         if spec.tasks in ready:
             try:
                 msg = pickle.loads(spec.tasks.recv_bytes())
@@ -277,19 +302,28 @@ def run_worker(spec: WorkerSpec) -> None:
             if spec.iterable:
                 if assemble:
                     assembler = SlabAssembler(results, spec.batch_size)
-                payload = _next_from_iterable(spec, iterator, assembler)
+                payload = _next_from_iterable(spec, iterator, assembler, check_stop)
                 if assembler is not None and payload.__class__ is not EndOfData:
                     into = assembler.reservation()
             elif assemble:  # NOTE: see assemble.py; the same batch as default_collate's
                 assembler = SlabAssembler(results, len(indices))
+                add = assembler.add
+
+                def each(k, sample):
+                    add(k, sample)
+                    check_stop()
                 payload = assembler.finish(load_batch(spec.dataset, indices, True, base_seed,
-                                                      position, torch_gen, assembler.add))
+                                                      position, torch_gen, each))
                 into = assembler.reservation()
             else:
                 payload = load_batch(spec.dataset, indices, spec.auto_collation, base_seed,
-                                     position, torch_gen)
+                                     position, torch_gen, check_stop)
                 if spec.collate_fn is not None:
                     payload = spec.collate_fn(payload)
+        except Stopping:
+            if assembler is not None:
+                assembler.cancel()
+            return
         except Exception as exc:
             where = (f"fetching indices {_short(indices)}" if indices is not None
                      else "iterating the dataset")
@@ -311,10 +345,32 @@ def run_worker(spec: WorkerSpec) -> None:
         del payload
 
 
-def _next_from_iterable(spec: WorkerSpec, iterator, assembler=None):
+def _exit_with(parent_sentinel) -> None:
+    """End this worker the moment its parent dies, even in the middle of a sample.
+
+    The task loop sees the parent's sentinel between tasks, but a sample that takes
+    minutes (or never returns) would keep an orphan alive that long. A daemon thread
+    waits on the sentinel and ends the process with ``os._exit`` (nothing to flush:
+    the batch in progress has nobody to go to).
+    """
+    import threading
+
+    def watch() -> None:
+        try:
+            mp_connection.wait([parent_sentinel])
+        except OSError:
+            pass
+        os._exit(0)
+
+    threading.Thread(target=watch, name="fmq-parent-watch", daemon=True).start()
+
+
+def _next_from_iterable(spec: WorkerSpec, iterator, assembler=None,
+                        check_stop: Callable[[], None] | None = None):
     """Runs in the worker process. One batch (or one item) from this worker's iterator.
 
     ``assembler``: a ``SlabAssembler`` that builds the batch (default collate only).
+    ``check_stop``: raises ``Stopping`` between samples once the pool is closing.
     """
     if iterator is None:
         return EndOfData(spec.worker_id)
@@ -331,6 +387,8 @@ def _next_from_iterable(spec: WorkerSpec, iterator, assembler=None):
         items.append(item)
         if len(items) == spec.batch_size:
             break
+        if check_stop is not None:
+            check_stop()
     if not items or (spec.drop_last and len(items) < spec.batch_size):
         return EndOfData(spec.worker_id)  # the caller cancels the assembler
     return spec.collate_fn(items) if assembler is None else assembler.finish(items)

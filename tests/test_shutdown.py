@@ -42,14 +42,14 @@ SCRIPT = textwrap.dedent('''
     class Dataset:
         """64 KiB samples; optionally slow, optionally failing at one index."""
 
-        def __init__(self, n=64, delay_s=0.0, fail_at=None):
-            self.n, self.delay_s, self.fail_at = n, delay_s, fail_at
+        def __init__(self, n=64, delay_s=0.0, fail_at=None, slow_from=0):
+            self.n, self.delay_s, self.fail_at, self.slow_from = n, delay_s, fail_at, slow_from
 
         def __len__(self):
             return self.n
 
         def __getitem__(self, i):
-            if self.delay_s:
+            if self.delay_s and i >= self.slow_from:
                 time.sleep(self.delay_s)
             if i == self.fail_at:
                 raise KeyError(f"bad sample {i}")
@@ -99,6 +99,41 @@ SCRIPT = textwrap.dedent('''
             loader.close()
             report("close_s", time.monotonic() - t0)
             report("after_close", workers())
+        elif CASE == "break_early_in_slow_samples":
+            loader = make(Dataset(64, delay_s=1.5, slow_from=4))  # the first batch is quick
+            for n, batch in enumerate(loader):
+                report("workers", workers())
+                break
+            time.sleep(0.3)  # both workers are inside a 1.5 s sample now
+            t0 = time.monotonic()
+            loader.close()
+            report("close_s", time.monotonic() - t0)
+            report("after_close", workers())
+        elif CASE == "worker_sigkill_partner_in_slow_sample":
+            loader = make(Dataset(400, delay_s=3.0, slow_from=4))
+            it = iter(loader)
+            next(it)
+            report("workers", workers())
+            time.sleep(0.3)  # both workers are inside a 3 s sample now
+            victim = workers()[0]
+            report("victim", victim)
+            os.kill(victim, signal.SIGKILL)
+            t0 = time.monotonic()
+            try:
+                for batch in it:
+                    pass
+                report("error", None)
+            except Exception as exc:
+                report("error", error_report(exc, t0))
+            loader.close()
+            report("after_close", workers())
+        elif CASE == "main_killed_while_workers_in_slow_samples":
+            loader = make(Dataset(400, delay_s=10.0, slow_from=4))
+            it = iter(loader)
+            next(it)
+            report("workers", workers())
+            time.sleep(0.3)  # both workers are inside a 10 s sample now
+            os.kill(os.getpid(), signal.SIGKILL)
         elif CASE == "break_without_close_then_exit":
             loader = make(Dataset(64))
             for n, batch in enumerate(loader):
@@ -283,6 +318,30 @@ def test_close_after_early_break_does_not_wait_for_queued_slow_batches(tmp_path)
     assert (run.returncode, run.stderr) == (0, ""), run
     assert run.reports["after_close"] == [], run
     assert run.reports["close_s"] < 0.5, run
+
+
+def test_close_in_the_middle_of_slow_samples_waits_for_at_most_one_second_and_prints_nothing(tmp_path):
+    """Workers stop between samples once told to; one still inside a long sample after
+    the 1 s grace is terminated, quietly (it took 5 s and printed a warning)."""
+    run = run_case(tmp_path, "break_early_in_slow_samples")
+    assert (run.returncode, run.stderr) == (0, ""), run
+    assert run.reports["after_close"] == [], run
+    assert run.reports["close_s"] < 1.6, run
+
+
+def test_a_killed_worker_is_reported_within_2_s_while_its_partner_is_in_a_slow_sample(tmp_path):
+    run = run_case(tmp_path, "worker_sigkill_partner_in_slow_sample")
+    assert (run.returncode, run.stderr) == (0, ""), run
+    error = run.reports["error"]
+    assert error is not None and "RuntimeError" in error["types"], run
+    assert str(run.reports["victim"]) in error["message"] and "SIGKILL" in error["message"], run
+    assert error["elapsed_s"] < 2.0, run
+
+
+def test_workers_end_at_once_when_the_main_process_dies_mid_sample(tmp_path):
+    """An orphan does not finish its sample (10 s here) or take another task."""
+    run = run_case(tmp_path, "main_killed_while_workers_in_slow_samples")
+    assert run.returncode == -signal.SIGKILL, run  # run_case then checks the workers are gone
 
 
 def test_exit_after_break_without_close_is_prompt_and_silent(tmp_path):
