@@ -465,8 +465,12 @@ class FMQLoader:
         progress = self._progress
         if clean and progress is not None and progress.ref is not None and progress.ref() is it:
             progress.finished = True
+        # After an error (a dead worker, the timeout, Ctrl-C in next()) the workers are
+        # dropped: one still inside a sample is terminated at once, so the error reaches
+        # the caller within a moment, not after the grace a clean close gives.
+        grace = _CLOSE_GRACE_S if clean else _ERROR_GRACE_S
         if not self.persistent_workers:
-            _close_pool(self._pools, it._pool)
+            _close_pool(self._pools, it._pool, grace)
             return
         if self._current is not None and self._current() is it:
             self._current = None
@@ -474,13 +478,13 @@ class FMQLoader:
             self._epoch_open = False
         elif it._pool is self._pool:
             # A worker died or timed out mid-epoch: the next epoch starts fresh workers.
-            self._stop_pool()
+            self._stop_pool(grace)
 
-    def _stop_pool(self) -> None:
+    def _stop_pool(self, grace: float | None = None) -> None:
         pool, self._pool = self._pool, None
         self._prefetched, self._epoch_open = None, False
         if pool is not None:
-            _close_pool(self._pools, pool)
+            _close_pool(self._pools, pool, grace)
 
     def stats(self) -> LoaderStats:
         """Is the loader what slows training? A snapshot of counters kept as batches go by.
@@ -556,9 +560,13 @@ class FMQLoader:
                 f"prefetch_factor={self.prefetch_factor} persistent={self.persistent_workers}>")
 
 
-def _close_pool(pools: set, pool: ProducerPool) -> None:
+_CLOSE_GRACE_S = 1.0  # how long close() lets a worker finish the sample it is in
+_ERROR_GRACE_S = 0.2  # the same after an error: the caller is waiting for the exception
+
+
+def _close_pool(pools: set, pool: ProducerPool, grace: float | None = None) -> None:
     pools.discard(pool)
-    pool.close()
+    pool.close(_CLOSE_GRACE_S if grace is None else grace)
 
 
 def _close_pools(pools: set) -> None:

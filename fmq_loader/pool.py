@@ -190,8 +190,22 @@ class ProducerPool:
 
     def reseed(self, base_seed: int, epoch: int | None = None) -> None:
         """Start an epoch in every worker: seed ``base_seed + worker_id``; ``epoch`` for set_epoch."""
-        for pipe in self._task_pipes:
-            pipe.send_bytes(pickle.dumps(Reseed(base_seed, epoch), _PROTOCOL))
+        message = pickle.dumps(Reseed(base_seed, epoch), _PROTOCOL)
+        for wid in range(len(self._task_pipes)):
+            self._send(wid, message)
+
+    def _send(self, worker_id: int, message: bytes) -> None:
+        """Write to one worker's task pipe; a worker that is gone raises ``WorkerError``
+        (pid and signal, as ``check_alive``), not the pipe's ``BrokenPipeError``."""
+        try:
+            self._task_pipes[worker_id].send_bytes(message)
+        except OSError as exc:  # BrokenPipeError: its reading end closed with the process
+            proc = self.workers[worker_id] if worker_id < len(self.workers) else None
+            if proc is not None:
+                self.check_alive(exiting=proc.sentinel)
+            raise WorkerError(f"worker {worker_id} (pid {getattr(proc, 'pid', '?')}) no longer "
+                              f"reads its tasks ({type(exc).__name__}: {exc}); it has stopped",
+                              worker_id=worker_id, pid=getattr(proc, "pid", None)) from exc
 
     def publish(self, base_seed: int, position: int, indices, epoch: int | None = None) -> int:
         """Stage one map-style task for the shared board; return its sequence number.
@@ -265,7 +279,7 @@ class ProducerPool:
         Plain ``pickle`` rather than ``Connection.send``: ForkingPickler copies its
         dispatch table (which torch fills with reducers) on every call, ~60 us.
         """
-        self._task_pipes[worker_id].send_bytes(pickle.dumps(Task(task_id, indices), _PROTOCOL))
+        self._send(worker_id, pickle.dumps(Task(task_id, indices), _PROTOCOL))
 
     def get(self, timeout: float):
         """One ``(task_id, worker_id, payload)`` result; ``queue.Empty`` after ``timeout``."""

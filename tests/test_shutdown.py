@@ -56,6 +56,18 @@ SCRIPT = textwrap.dedent('''
             return torch.full((64, 256), float(i))
 
 
+    class Stream(torch.utils.data.IterableDataset):
+        """Each worker yields n small tensors (no sharding: it does not matter here)."""
+
+        def __init__(self, n=64):
+            self.n = n
+
+        def __iter__(self):
+            for i in range(self.n):
+                time.sleep(0.01)
+                yield torch.full((4,), float(i))
+
+
     def worker_zero_dawdles(worker_id):
         if worker_id == 0:  # takes no task for a while: worker 1 does all the work
             time.sleep(30)
@@ -122,6 +134,37 @@ SCRIPT = textwrap.dedent('''
             try:
                 for batch in it:
                     pass
+                report("error", None)
+            except Exception as exc:
+                report("error", error_report(exc, t0))
+            loader.close()
+            report("after_close", workers())
+        elif CASE == "timeout_while_workers_in_slow_samples":
+            loader = make(Dataset(400, delay_s=10.0, slow_from=4), timeout=1)
+            it = iter(loader)
+            next(it)
+            report("workers", workers())
+            t0 = time.monotonic()
+            try:
+                next(it)
+                report("error", None)
+            except Exception as exc:
+                report("error", error_report(exc, t0))
+            report("after_error", workers())
+            loader.close()
+        elif CASE == "iterable_worker_sigkill_while_idle":
+            loader = make(Stream())
+            it = iter(loader)
+            next(it)
+            report("workers", workers())
+            time.sleep(1.0)  # both workers have made their batches and wait for a task
+            victim = workers()[0]
+            report("victim", victim)
+            os.kill(victim, signal.SIGKILL)
+            t0 = time.monotonic()
+            try:
+                for batch in it:
+                    time.sleep(0.05)
                 report("error", None)
             except Exception as exc:
                 report("error", error_report(exc, t0))
@@ -334,6 +377,27 @@ def test_a_killed_worker_is_reported_within_2_s_while_its_partner_is_in_a_slow_s
     assert (run.returncode, run.stderr) == (0, ""), run
     error = run.reports["error"]
     assert error is not None and "RuntimeError" in error["types"], run
+    assert str(run.reports["victim"]) in error["message"] and "SIGKILL" in error["message"], run
+    assert error["elapsed_s"] < 2.0, run
+
+
+def test_timeout_raises_after_its_seconds_while_workers_are_in_slow_samples(tmp_path):
+    """timeout=1, samples of 10 s: the error comes after ~1 s plus a short grace (it came
+    after 6 s: the close joined each busy worker for up to 5 s first)."""
+    run = run_case(tmp_path, "timeout_while_workers_in_slow_samples")
+    assert (run.returncode, run.stderr) == (0, ""), run
+    error = run.reports["error"]
+    assert error is not None and "QueueTimeout" in error["types"], run
+    assert 1.0 <= error["elapsed_s"] < 1.8, run
+    assert run.reports["after_error"] == [], run
+
+
+def test_an_iterable_datasets_killed_worker_is_reported_by_pid_and_signal(tmp_path):
+    """The next task sent to the dead worker's pipe raised BrokenPipeError instead."""
+    run = run_case(tmp_path, "iterable_worker_sigkill_while_idle")
+    assert (run.returncode, run.stderr) == (0, ""), run
+    error = run.reports["error"]
+    assert error is not None and "WorkerError" in error["types"], run
     assert str(run.reports["victim"]) in error["message"] and "SIGKILL" in error["message"], run
     assert error["elapsed_s"] < 2.0, run
 
