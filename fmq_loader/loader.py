@@ -116,9 +116,15 @@ class FMQLoader:
                  in_order: bool = True, extra_slabs: int = 4, seed: int | None = None,
                  prefetch_next_epoch: bool = True, log_every_s: float | None = None,
                  distributed: bool = False) -> None:
-        if not isinstance(num_workers, int) or num_workers < 0:
+        if not isinstance(num_workers, int):  # (a bool passes, as in torch)
+            raise TypeError(f"num_workers must be an int (0 loads in this process), got "
+                            f"{num_workers!r} of type {type(num_workers).__name__}")
+        if num_workers < 0:
             raise ValueError("num_workers option should be non-negative; use num_workers=0 to "
                              f"disable multiprocessing, got {num_workers!r}")
+        if not isinstance(extra_slabs, int) or isinstance(extra_slabs, bool) or extra_slabs < 0:
+            raise ValueError(f"extra_slabs must be an int >= 0 (shared-memory slabs for batches "
+                             f"your loop keeps), got {extra_slabs!r}")
         if timeout < 0:
             raise ValueError(f"timeout option should be non-negative, got {timeout!r}")
         if num_workers == 0 and prefetch_factor is not None:
@@ -129,6 +135,13 @@ class FMQLoader:
             prefetch_factor = 2
         if prefetch_factor is not None and prefetch_factor < 0:
             raise ValueError(f"prefetch_factor option should be non-negative, got {prefetch_factor!r}")
+        if num_workers > 0 and (not isinstance(prefetch_factor, int) or isinstance(prefetch_factor, bool)
+                                or prefetch_factor == 0):
+            # torch accepts these here and fails later (an AssertionError at iter() for 0);
+            # with 0 no worker could ever start a batch, and next() would wait for good
+            raise ValueError(f"prefetch_factor must be an int >= 1 with num_workers={num_workers} "
+                             f"(how many batches each worker may prepare ahead), got "
+                             f"{prefetch_factor!r}")
         if persistent_workers and num_workers == 0:
             raise ValueError("persistent_workers option needs num_workers > 0")
         iterable = _is_iterable_dataset(dataset)
@@ -240,7 +253,8 @@ class FMQLoader:
         self._resume = None  # a position load_state_dict() restored, for the next iter()
         self._finalizer = weakref.finalize(self, _close_pools, self._pools)
         self._stats_pool: ProducerPool | None = None  # the pool whose workers stats() shows
-        if log_every_s is not None and not log_every_s > 0:
+        if log_every_s is not None and (not isinstance(log_every_s, (int, float))
+                                        or isinstance(log_every_s, bool) or not log_every_s > 0):
             raise ValueError(f"log_every_s must be a positive number of seconds or None, "
                              f"got {log_every_s!r}")
         self.log_every_s = log_every_s

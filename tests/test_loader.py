@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -178,3 +179,19 @@ def test_iterating_a_closed_loader_raises_runtime_error():
     loader.close()  # idempotent
     with pytest.raises(RuntimeError, match="closed; create a new one"):
         iter(loader)
+
+
+@pytest.mark.parametrize("kw, error, words", [
+    (dict(num_workers=2, prefetch_factor=0), ValueError, "prefetch_factor must be an int >= 1"),
+    (dict(num_workers=2, prefetch_factor=1.5), ValueError, "got 1.5"),
+    (dict(num_workers=2.0), TypeError, "num_workers must be an int"),
+    (dict(extra_slabs=-1), ValueError, "extra_slabs must be an int >= 0"),
+    (dict(extra_slabs="x"), ValueError, "got 'x'"),
+    (dict(log_every_s="x"), ValueError, "log_every_s must be a positive number"),
+], ids=["prefetch-0", "prefetch-float", "workers-float", "extra-slabs-negative", "extra-slabs-str",
+        "log-every-str"])
+def test_bad_values_torch_lets_through_or_fmq_adds_are_refused_at_construction(kw, error, words):
+    """prefetch_factor=0 with workers made next() wait for good (torch: an AssertionError at
+    iter()); the others failed later with an error naming an internal parameter, or not at all."""
+    with pytest.raises(error, match=re.escape(words)):
+        FMQLoader(KindDataset(8), **kw)
