@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-__all__ = ["default_collate", "default_convert", "concat_batches", "PartsJoin"]
+__all__ = ["default_collate", "default_convert", "concat_batches", "part_mismatch", "PartsJoin"]
 
 
 def _is_namedtuple(x) -> bool:
@@ -160,7 +160,8 @@ class PartsJoin:
 
     _MIN_BYTES = 1 << 16  # smaller columns are joined at the end (the copy is too small to matter)
 
-    def __init__(self, rows: Sequence[int]) -> None:
+    def __init__(self, rows: Sequence[int], indices: Sequence[Sequence[Any]] | None = None) -> None:
+        self.indices = indices  # each part's dataset indices, for an error that names them
         self._starts = [sum(rows[:i]) for i in range(len(rows) + 1)]
         self._outs: list | None = None  # per field: the joined column, or None (joined at the end)
         self._lone = False  # the parts are single tensors, not lists of them
@@ -213,13 +214,65 @@ class PartsJoin:
         return True
 
     def result(self, parts: Sequence[Any]) -> Any:
-        """The joined batch: ``concat_batches(parts)``."""
+        """The joined batch: ``concat_batches(parts)``.
+
+        Raises:
+            ValueError: the parts' samples differ in shape (parts and indices named), as
+                ``default_collate`` raises for samples of one part.
+        """
+        try:
+            return self._result(parts)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            where = part_mismatch(parts)
+            if where is None:
+                raise
+            path, k, first, other = where
+            named = ("" if self.indices is None else
+                     f" (dataset indices {_short(self.indices[0])} and {_short(self.indices[k])})")
+            raise ValueError(
+                f"samples in one batch must have equal shapes: this epoch's first batch was "
+                f"loaded in {len(parts)} parts by different workers, and batch{path} has samples "
+                f"of shape {first} in part 0 and {other} in part {k}{named}; resize or crop "
+                "samples to one size in the dataset's transform, or pass a collate_fn that pads "
+                "them") from exc
+
+    def _result(self, parts: Sequence[Any]) -> Any:
         if not self._ok or len(self._added) != len(parts) or all(o is None for o in self._outs):
             return concat_batches(parts)
         if self._lone:
             return self._outs[0]
         return [out if out is not None else concat_batches([p[j] for p in parts])
                 for j, out in enumerate(self._outs)]
+
+
+def _short(indices) -> str:
+    text = repr(list(indices))
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def part_mismatch(parts: Sequence[Any], path: str = "") -> tuple[str, int, tuple, tuple] | None:
+    """Where batch parts disagree in the shape of one sample: ``(path, part, shape in part
+    0, shape in that part)``, sample shapes without the batch dimension; None if nowhere."""
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        for k, p in enumerate(parts):
+            if isinstance(p, torch.Tensor) and p.shape[1:] != first.shape[1:]:
+                return path, k, tuple(first.shape[1:]), tuple(p.shape[1:])
+        return None
+    if isinstance(first, collections.abc.Mapping):
+        for key in first:
+            if all(isinstance(p, collections.abc.Mapping) and key in p for p in parts):
+                found = part_mismatch([p[key] for p in parts], f"{path}[{key!r}]")
+                if found is not None:
+                    return found
+        return None
+    if isinstance(first, (list, tuple)) and not all(isinstance(x, (str, bytes)) for x in first):
+        for j in range(len(first)):
+            if all(isinstance(p, (list, tuple)) and len(p) > j for p in parts):
+                found = part_mismatch([p[j] for p in parts], f"{path}[{j}]")
+                if found is not None:
+                    return found
+    return None
 
 
 def concat_batches(parts: Sequence[Any]) -> Any:

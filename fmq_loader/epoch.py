@@ -271,7 +271,8 @@ class PullEpoch(_Epoch):
                     first = seq if first is None else first
                 self._spans[first] = self._n
                 self._sizes[first] = len(indices)
-                self._join = first, PartsJoin([cuts[k + 1] - cuts[k] for k in range(self._n)])
+                self._join = first, PartsJoin([cuts[k + 1] - cuts[k] for k in range(self._n)],
+                                              [indices[cuts[k]:cuts[k + 1]] for k in range(self._n)])
             else:
                 first = pool.publish(self._base_seed, position, indices, self._dataset_epoch)
                 self._spans[first] = 1
@@ -358,7 +359,11 @@ class PullEpoch(_Epoch):
             for part in parts:
                 if part.__class__ is WorkerFailure:
                     self._raise(part)
-            return concat_batches(parts) if join is None else join.result(parts)
+            try:
+                return concat_batches(parts) if join is None else join.result(parts)
+            except Exception:  # e.g. samples of different shapes: one batch's error, the epoch
+                self._task_failed = True  # goes on, as when a worker's collate raises it
+                raise
         finally:  # after the join: workers held back for it may go on now
             pool.mark_consumed(nparts)
             self._release_hold()
