@@ -202,6 +202,7 @@ class PullEpoch(_Epoch):
         self._yielded = 0
         self._exhausted = False
         self.successor: PullEpoch | None = None
+        self._successor_failed = False  # NOTE [ a failing next epoch ]
         # NOTE [ a core for the first join ]: the split first batch is joined here, in
         # the main process (collate.PartsJoin: each part is copied in as it arrives).
         # With the usual bound, every worker has started a later batch by then, so the
@@ -246,14 +247,21 @@ class PullEpoch(_Epoch):
         pool = self._pool
         while pool.next_seq < limit:
             if self._exhausted:
-                if self.successor is None:
-                    if not self._current:
-                        return
-                    self.successor = self._loader._prefetch_next_epoch(self)
+                if not self._current or self._successor_failed:
+                    return
+                try:
                     if self.successor is None:
-                        return
-                else:
-                    self.successor._publish_until(limit)
+                        self.successor = self._loader._prefetch_next_epoch(self)
+                    if self.successor is not None:
+                        self.successor._publish_until(limit)
+                except Exception as exc:
+                    # NOTE [ a failing next epoch ]: the next epoch's sampler (or its set-up)
+                    # raised while it was prefetched. It belongs to that epoch: this one
+                    # hands out all its batches, and the next iter() raises it, as torch's
+                    # does. No more prefetching; iter() drops the tasks it published.
+                    self.successor = None
+                    self._successor_failed = True
+                    self._loader._prefetch_failed(exc)
                 return
             try:
                 indices = next(self._tasks)

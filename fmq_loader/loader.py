@@ -225,6 +225,7 @@ class FMQLoader:
         _warn_if_more_workers_than_cpus(num_workers, stacklevel=2)
         self.prefetch_next_epoch = prefetch_next_epoch
         self._prefetched = None
+        self._prefetch_error: Exception | None = None  # NOTE [ a failing next epoch ]
         self._iterable = iterable
         self._reported_len: int | None = None  # an iterable dataset's len(), once len(self) asked
         self._epoch = 0
@@ -399,6 +400,10 @@ class FMQLoader:
         # (NOTE [ a core for the first join ]); a new split epoch sets its own.
         pool.set_bound()
         try:
+            error, self._prefetch_error = self._prefetch_error, None
+            if error is not None:  # NOTE [ a failing next epoch ] in epoch.py
+                self._prefetched = None
+                raise error  # (the except below drops what it published)
             it, self._prefetched = self._prefetched, None
             if it is not None:  # the next epoch, already under way
                 if self._epoch_open:  # the user left the last one early: drop its remaining tasks
@@ -445,6 +450,11 @@ class FMQLoader:
         self._prefetched_progress = self._drawn
         self._drawn.ref = weakref.ref(self._prefetched)
         return self._prefetched
+
+    def _prefetch_failed(self, error: Exception) -> None:
+        """The next epoch failed while it was prefetched: the next ``iter()`` raises ``error``."""
+        self._prefetched = self._prefetched_progress = None
+        self._prefetch_error = error
 
     def _track(self, it) -> None:
         """``it`` is the epoch iter() just started: state_dict() reports its progress."""

@@ -334,3 +334,44 @@ def test_more_tasks_than_an_empty_pipe_holds_before_the_workers_start(persistent
         batches = [next(it) for _ in range(12)]
         assert all(len(b) == 4096 for b in batches)
         assert len({int(i) for b in batches for i in b}) == 12 * 4096
+
+
+class _SecondEpochFails(torch.utils.data.Sampler):
+    """Its second __iter__ raises: say, the next epoch's index file is gone."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.calls = n, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        self.calls += 1
+        if self.calls == 2:
+            raise FileNotFoundError("the index file of epoch 2 is gone")
+        return iter(range(self.n))
+
+
+def test_a_next_epoch_whose_sampler_fails_while_prefetched_fails_at_its_own_iter_as_torchs():
+    """NOTE [ a failing next epoch ]: with persistent workers the next epoch's sampler runs
+    before this epoch ends. Its error used to come out of this epoch's next(), losing the
+    rest of its batches; torch's comes at the next iter(). Then a third epoch runs."""
+    def epochs(cls):
+        loader = cls(Numbers(32), batch_size=4, num_workers=2, persistent_workers=True,
+                     sampler=_SecondEpochFails(32), multiprocessing_context="fork")
+        out = []
+        for _ in range(3):
+            got = []
+            try:
+                for batch in loader:
+                    got.append(batch.tolist())
+                out.append(got)
+            except FileNotFoundError as exc:
+                out.append((got, str(exc)))
+        if cls is FMQLoader:
+            loader.close()
+        return out
+
+    ours, theirs = epochs(FMQLoader), epochs(DataLoader)
+    assert ours == theirs
+    assert ours[1] == ([], "the index file of epoch 2 is gone") and len(ours[0]) == len(ours[2]) == 8
