@@ -38,14 +38,37 @@ _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _FRAME = struct.Struct("!i")  # multiprocessing.Connection's length prefix
 
 
-def _check_picklable(what: str, obj: Any, method: str) -> None:
+def _unpicklable(objects, method: str, error: BaseException) -> TypeError | None:
+    """A worker could not be started because pickling its arguments failed with ``error``:
+    the ``TypeError`` that names which object, or None when none of them fails alone.
+
+    Only after a failed ``start()``: checking up front pickled the dataset once more on
+    every ``iter()``, and plain pickle refused what a start may carry, such as a
+    ``multiprocessing.Value`` (shared with a worker while it is being started).
+    """
+    for what, obj in objects:
+        if obj is None:
+            continue
+        try:
+            pickle.dumps(obj)
+        except Exception as exc:
+            if "through inheritance" in str(exc):  # a multiprocessing object: fine in a start
+                continue
+            return TypeError(
+                f"{what} {_brief(obj)} cannot be pickled for a {method!r} worker "
+                f"({type(exc).__name__}: {exc}). Functions and classes must be defined at module "
+                "top level (not a lambda or a local function); an open file, lock, socket or "
+                "handle cannot be sent to a worker: open it in worker_init_fn or on first use "
+                "in the worker, or use multiprocessing_context='fork'")
+    return None
+
+
+def _brief(obj: Any) -> str:
     try:
-        pickle.dumps(obj)
-    except Exception as exc:
-        raise TypeError(
-            f"{what} {obj!r} cannot be pickled for a {method!r} worker ({type(exc).__name__}: "
-            f"{exc}); define it at module top level (not a lambda or local function), or use "
-            "multiprocessing_context='fork'") from exc
+        text = repr(obj)
+    except Exception:
+        text = f"<{type(obj).__qualname__} object>"
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 @contextlib.contextmanager
@@ -107,12 +130,6 @@ class ProducerPool:
                  collate_fn: Callable | None, drop_last: bool, batch_size: int | None,
                  worker_init_fn: Callable | None, iterable: bool, max_outstanding: int,
                  extra_slabs: int = 4, start: bool = True) -> None:
-        method = ctx.get_start_method()
-        if method != "fork":
-            for what, obj in (("dataset", dataset), ("collate_fn", collate_fn),
-                              ("worker_init_fn", worker_init_fn)):
-                if obj is not None:
-                    _check_picklable(what, obj, method)
         self.num_workers = num_workers
         self.budget = max_outstanding
         self.results = Queue(0, num_slabs=max_outstanding + extra_slabs, ctx=ctx)
@@ -137,7 +154,7 @@ class ProducerPool:
         self.consumed = 0  # batches handed to the user, mirrored in control[CONSUMED]
         self.ready: dict[int, Any] = {}  # results received, not yet handed out, by sequence number
         try:
-            if method == "fork":
+            if ctx.get_start_method() == "fork":
                 warm_pillow()
             self._board_lock = ctx.Lock()
             self._ctx = ctx
@@ -175,6 +192,13 @@ class ProducerPool:
                 try:
                     with _sigint_ignored():
                         proc.start()
+                except (TypeError, AttributeError, pickle.PicklingError) as exc:
+                    named = _unpicklable((("dataset", dataset), ("collate_fn", collate_fn),
+                                          ("worker_init_fn", worker_init_fn)),
+                                         self._ctx.get_start_method(), exc)
+                    if named is None:
+                        raise
+                    raise named from exc
                 finally:
                     reader.close()  # the worker holds the only reading end of its pipe
                 self.started_at.append(time.monotonic())

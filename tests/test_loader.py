@@ -8,7 +8,7 @@ import time
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
+from torch.utils.data import DataLoader, Dataset, DistributedSampler  # noqa: E402
 
 import fmq_loader  # noqa: E402
 from fmq_loader import FMQLoader, QueueTimeout  # noqa: E402
@@ -130,8 +130,38 @@ def test_unpicklable_argument_under_spawn_raises_type_error_naming_it(what):
     kw[what] = _Unpicklable() if what == "dataset" else (lambda *a: None)
     loader = FMQLoader(batch_size=1, num_workers=1, multiprocessing_context="spawn", **kw)
     with loader, pytest.raises(TypeError, match=rf"^{what} .* cannot be pickled for a 'spawn' "
-                                                r"worker .*define it at module top level"):
+                                                r"worker .*must be defined at module top level"):
         next(iter(loader))
+
+
+class CountingDataset(Dataset):
+    """Counts its loads in a multiprocessing.Value: picklable only while a worker starts."""
+
+    def __init__(self, ctx) -> None:
+        self.count = ctx.Value("i", 0)
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, i: int) -> int:
+        with self.count.get_lock():
+            self.count.value += 1
+        return i
+
+
+def test_a_dataset_holding_a_multiprocessing_value_works_under_spawn_as_in_torch():
+    """Plain pickle refuses a multiprocessing.Value; a worker's start carries it. The
+    up-front check refused what torch's DataLoader accepts."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    for cls in (DataLoader, FMQLoader):
+        dataset = CountingDataset(ctx)
+        loader = cls(dataset, batch_size=2, num_workers=1, multiprocessing_context=ctx)
+        assert [b.tolist() for b in loader] == [[0, 1], [2, 3], [4, 5]]
+        assert dataset.count.value == 6  # the worker's increments reach this process
+        if cls is FMQLoader:
+            loader.close()
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
