@@ -72,24 +72,33 @@ def _brief(obj: Any) -> str:
 
 
 @contextlib.contextmanager
-def _sigint_ignored():
-    """Start a worker with SIGINT ignored from its first instruction.
+def _sigint_deferred():
+    """Start a worker with SIGINT blocked from its first instruction; a Ctrl-C meanwhile
+    reaches this process afterwards.
 
-    Workers leave Ctrl-C to the main process, but a spawned worker only gets to
-    ignore SIGINT once its imports are done; a Ctrl-C before that would print its
-    own KeyboardInterrupt traceback. An ignored signal stays ignored across exec,
-    so ignoring it around ``start()`` closes that window. (A Ctrl-C landing in the
-    few milliseconds of ``start()`` itself is lost.) Only the main thread may
-    change signal handlers; elsewhere this does nothing.
+    Workers leave Ctrl-C to the main process (run_worker ignores SIGINT, then unblocks
+    it), but a spawned worker gets there only once its imports are done; a Ctrl-C
+    before that printed its own KeyboardInterrupt traceback. A blocked signal stays
+    blocked across fork and exec, and stays pending until it is ignored, so blocking it
+    around ``start()`` closes that window. In this process a SIGINT that comes meanwhile
+    -- a spawn start that sends a large dataset takes seconds -- is only recorded (it
+    may be delivered to another thread, whose handler call lands here), and raised once
+    the start is over. (It used to be ignored, so that Ctrl-C was lost.) Only the main
+    thread may change signal handlers; elsewhere this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # one still pending arrives now
+        if caught:
+            signal.raise_signal(signal.SIGINT)
 
 
 def warm_pillow() -> None:
@@ -189,21 +198,23 @@ class ProducerPool:
                                   self._board_lock, self.control, self.worker_stats)
                 proc = self._ctx.Process(target=run_worker, args=(spec,), name=f"fmq-worker-{wid}",
                                          daemon=True)
-                try:
-                    with _sigint_ignored():
+                # A Ctrl-C during the start is raised when the block ends: by then the
+                # worker is registered, so the close() below stops it.
+                with _sigint_deferred():
+                    try:
                         proc.start()
-                except (TypeError, AttributeError, pickle.PicklingError) as exc:
-                    named = _unpicklable((("dataset", dataset), ("collate_fn", collate_fn),
-                                          ("worker_init_fn", worker_init_fn)),
-                                         self._ctx.get_start_method(), exc)
-                    if named is None:
-                        raise
-                    raise named from exc
-                finally:
-                    reader.close()  # the worker holds the only reading end of its pipe
-                self.started_at.append(time.monotonic())
-                self.pids.append(proc.pid)
-                self.workers.append(proc)
+                    except (TypeError, AttributeError, pickle.PicklingError) as exc:
+                        named = _unpicklable((("dataset", dataset), ("collate_fn", collate_fn),
+                                              ("worker_init_fn", worker_init_fn)),
+                                             self._ctx.get_start_method(), exc)
+                        if named is None:
+                            raise
+                        raise named from exc
+                    finally:
+                        reader.close()  # the worker holds the only reading end of its pipe
+                    self.started_at.append(time.monotonic())
+                    self.pids.append(proc.pid)
+                    self.workers.append(proc)
             self._job = None  # it holds the dataset; the workers have their copies
             # The stealer watches the workers' sentinels: get() reports an exit at once.
             self.results.watch([proc.sentinel for proc in self.workers])

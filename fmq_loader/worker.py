@@ -214,8 +214,11 @@ def run_worker(spec: WorkerSpec) -> None:
     from .assemble import SlabAssembler
     from .collate import default_collate
 
-    # Ctrl-C reaches the whole process group; the main process owns the reaction.
+    # Ctrl-C reaches the whole process group; the main process owns the reaction. The
+    # worker started with SIGINT blocked (pool._sigint_deferred): ignore it, which drops
+    # one pending since, then unblock it for whatever the dataset starts.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     torch.set_num_threads(1)
     _keep_freed_memory()
     results = spec.results

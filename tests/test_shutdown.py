@@ -170,6 +170,26 @@ SCRIPT = textwrap.dedent('''
                 report("error", error_report(exc, t0))
             loader.close()
             report("after_close", workers())
+        elif CASE == "sigint_while_spawn_workers_start":
+            # A 64 MB dataset: a spawn start sends it through a pipe to a worker that reads
+            # it only once its interpreter is up (about a second), so iter() takes a while.
+            loader = make(Dataset(64), worker_init_fn=None)
+            loader.dataset.ballast = bytes(64 << 20)
+            import threading
+
+            def interrupt():
+                time.sleep(0.3)
+                os.killpg(0, signal.SIGINT)  # a terminal's Ctrl-C: this process and its workers
+
+            threading.Thread(target=interrupt, daemon=True).start()
+            t0 = time.monotonic()
+            try:
+                it = iter(loader)
+                report("interrupted", None)  # it was lost
+            except KeyboardInterrupt:
+                report("interrupted", time.monotonic() - t0)
+            loader.close()
+            report("after_close", workers())
         elif CASE == "main_killed_while_workers_in_slow_samples":
             loader = make(Dataset(400, delay_s=10.0, slow_from=4))
             it = iter(loader)
@@ -400,6 +420,23 @@ def test_an_iterable_datasets_killed_worker_is_reported_by_pid_and_signal(tmp_pa
     assert error is not None and "WorkerError" in error["types"], run
     assert str(run.reports["victim"]) in error["message"] and "SIGKILL" in error["message"], run
     assert error["elapsed_s"] < 2.0, run
+
+
+def test_ctrl_c_while_spawn_workers_start_is_raised_once_they_are_started(tmp_path):
+    """SIGINT was ignored around a worker's start so that the worker would start with it
+    ignored; a start that sends a large dataset takes seconds, and a Ctrl-C then was
+    lost. Now it is blocked instead: the worker still never sees it, and iter() raises
+    KeyboardInterrupt when the start is over."""
+    script = tmp_path / "case.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), "sigint_while_spawn_workers_start", "spawn"],
+                          timeout=120, capture_output=True, text=True, cwd=tmp_path, env=_script_env(),
+                          preexec_fn=_default_sigint, start_new_session=True)
+    reports = _parse(proc.stdout)
+    assert (proc.returncode, proc.stderr) == (0, ""), (proc.stdout, proc.stderr)
+    assert reports["interrupted"] is not None, "the Ctrl-C was lost"
+    assert reports["interrupted"] < 20, reports
+    assert reports["after_close"] == []
 
 
 def test_workers_end_at_once_when_the_main_process_dies_mid_sample(tmp_path):
