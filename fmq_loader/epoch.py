@@ -15,8 +15,11 @@ See NOTE [ fmq shutdown order ] in loader.py for who closes what.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import queue as _queue
+import sys
+import threading
 import time
 import warnings
 import weakref
@@ -41,6 +44,25 @@ __all__ = ["PullEpoch", "PushEpoch", "warn_if_past_reported_length"]
 
 _POLL_S = 0.1  # how often a waiting next() checks that workers are alive
 _SKIP = object()
+
+
+_EXIT = {"registered": False, "exiting": False}
+
+
+def watch_for_exit() -> None:
+    """Have ``_exiting()`` say True once the interpreter's exit hooks start.
+
+    Called where a loader makes its ``weakref.finalize`` (which registers that
+    module's exit hook first, if it was not yet): atexit runs hooks last-in first-out,
+    so this one runs before the finalizers and multiprocessing's hook, which close
+    loaders."""
+    if not _EXIT["registered"]:
+        _EXIT["registered"] = True
+        atexit.register(_EXIT.__setitem__, "exiting", True)
+
+
+def _exiting() -> bool:
+    return _EXIT["exiting"] or sys.is_finalizing()
 
 
 def warn_if_past_reported_length(dataset, reported: int | None, yielded: int, num_workers: int,
@@ -108,6 +130,11 @@ class _Epoch:
                 self._task_failed = False
             else:
                 self._finish(error=True)
+            if _exiting() and threading.current_thread() is not threading.main_thread():
+                # The interpreter is exiting and closed the loader under a daemon thread
+                # that waited in next() (non-daemon threads were joined before). An error
+                # would print its traceback; the thread is dropped at exit anyway.
+                threading.Event().wait()
             raise
         if self._pin:
             batch = pin(batch, self._pin_device)

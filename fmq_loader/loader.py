@@ -47,7 +47,7 @@ from torch.utils.data import (BatchSampler, DistributedSampler, IterableDataset,
 
 from .collate import default_collate, default_convert
 from .distributed import EpochOrder, detect_rank
-from .epoch import PullEpoch, PushEpoch, warn_if_past_reported_length
+from .epoch import PullEpoch, PushEpoch, warn_if_past_reported_length, watch_for_exit
 from .pinning import pin, pin_settings
 from .pool import ProducerPool, warm_pillow
 from .resume import EpochProgress, loader_state, order_sampler, parse_state
@@ -253,6 +253,7 @@ class FMQLoader:
         self._prefetched_progress: EpochProgress | None = None
         self._resume = None  # a position load_state_dict() restored, for the next iter()
         self._finalizer = weakref.finalize(self, _close_pools, self._pools)
+        watch_for_exit()  # after the finalize above: see there
         self._stats_pool: ProducerPool | None = None  # the pool whose workers stats() shows
         if log_every_s is not None and (not isinstance(log_every_s, (int, float))
                                         or isinstance(log_every_s, bool) or not log_every_s > 0):

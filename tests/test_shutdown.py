@@ -190,6 +190,18 @@ SCRIPT = textwrap.dedent('''
                 report("interrupted", time.monotonic() - t0)
             loader.close()
             report("after_close", workers())
+        elif CASE == "exit_while_a_daemon_thread_waits_in_next":
+            loader = make(Dataset(100_000, delay_s=0.01))
+            import threading
+
+            def consume():
+                for batch in loader:
+                    pass
+
+            threading.Thread(target=consume, daemon=True).start()
+            time.sleep(0.5)
+            report("workers", workers())
+            report("end", time.monotonic())
         elif CASE == "main_killed_while_workers_in_slow_samples":
             loader = make(Dataset(400, delay_s=10.0, slow_from=4))
             it = iter(loader)
@@ -437,6 +449,14 @@ def test_ctrl_c_while_spawn_workers_start_is_raised_once_they_are_started(tmp_pa
     assert reports["interrupted"] is not None, "the Ctrl-C was lost"
     assert reports["interrupted"] < 20, reports
     assert reports["after_close"] == []
+
+
+def test_exit_while_a_daemon_thread_waits_in_next_is_prompt_and_silent(tmp_path):
+    """The exit hooks close the loader under the waiting thread: its next() raised
+    QueueClosed, and the thread's traceback was printed."""
+    run = run_case(tmp_path, "exit_while_a_daemon_thread_waits_in_next")
+    assert (run.returncode, run.stderr) == (0, ""), run
+    assert run.ended_at - run.reports["end"] < 3.0, run
 
 
 def test_workers_end_at_once_when_the_main_process_dies_mid_sample(tmp_path):
