@@ -31,7 +31,7 @@ import torch
 
 from .collate import PartsJoin, concat_batches, default_collate
 from .pinning import pin
-from .errors import QueueTimeout, WorkerError
+from .errors import QueueClosed, QueueTimeout, WorkerError
 from .stealer import WatchedFdReady
 from .stats import batch_size_of
 from .worker import EndOfData, WorkerFailure, describe_failure
@@ -135,6 +135,11 @@ class _Epoch:
                 # that waited in next() (non-daemon threads were joined before). An error
                 # would print its traceback; the thread is dropped at exit anyway.
                 threading.Event().wait()
+            if sys.exc_info()[0] is QueueClosed and self._pool.closed:
+                raise QueueClosed(
+                    "this iterator's FMQLoader was closed (close(), the end of its `with` block, "
+                    "or an error that stopped its workers) while the iterator was in use; call "
+                    "iter(loader) on an open loader for more batches") from None
             raise
         if self._pin:
             batch = pin(batch, self._pin_device)

@@ -278,6 +278,11 @@ class ProducerPool:
             del staged[:n]
 
     @property
+    def closed(self) -> bool:
+        """close() was called."""
+        return self._closed
+
+    @property
     def running(self) -> bool:
         """The workers were started and the pool is not closed."""
         return bool(self.workers) and not self._closed

@@ -375,3 +375,16 @@ def test_a_next_epoch_whose_sampler_fails_while_prefetched_fails_at_its_own_iter
     ours, theirs = epochs(FMQLoader), epochs(DataLoader)
     assert ours == theirs
     assert ours[1] == ([], "the index file of epoch 2 is gone") and len(ours[0]) == len(ours[2]) == 8
+
+
+def test_next_after_the_loader_was_closed_says_the_loader_was_closed():
+    """It said "get() on a closed Queue; create a new Queue", which names an internal."""
+    from fmq_loader.errors import QueueClosed
+
+    loader = FMQLoader(Numbers(400), batch_size=4, num_workers=2, multiprocessing_context="fork")
+    it = iter(loader)
+    next(it)
+    loader.close()
+    with pytest.raises(QueueClosed, match=r"this iterator's FMQLoader was closed .* call iter\(loader\)"):
+        for _ in range(100):  # batches received before close() may still come out first
+            next(it)
