@@ -347,8 +347,10 @@ class ProducerPool:
     def check_alive(self, signals_only: bool = False, exiting: int | None = None) -> None:
         """Raise ``WorkerError`` if a worker has exited (signal named, OOM hint for SIGKILL).
 
-        ``signals_only``: only a worker killed by a signal counts (it can have sent
-        nothing); one that exited by itself may still have a failure in the pipe.
+        ``signals_only``: only a worker killed by a signal, or one that exited with a
+        non-zero code, counts (it can have sent nothing). A worker that reports its own
+        failure (worker_init_fn) sends it and returns, exit code 0, and its failure may
+        still be in the pipe.
         ``exiting``: the sentinel of a worker seen exiting. A dying process closes its
         descriptors (the sentinel reads as ready) before it becomes a zombie, so
         ``exitcode`` can still say None for a moment: that worker is reaped first
@@ -362,7 +364,7 @@ class ProducerPool:
                     time.sleep(0.001)
         for wid, proc in enumerate(self.workers):
             code = proc.exitcode
-            if code is None or (signals_only and code >= 0):
+            if code is None or (signals_only and code == 0):
                 continue
             if code < 0:
                 try:
@@ -376,8 +378,10 @@ class ProducerPool:
                         "something outside the loader sent it")
                 msg = f"worker {wid} (pid {proc.pid}) exited unexpectedly with {name}; {hint}"
             else:
-                msg = (f"worker {wid} (pid {proc.pid}) exited unexpectedly with exit code {code}; "
-                       "a call to sys.exit() or os._exit() in the dataset may be the cause")
+                msg = (f"worker {wid} (pid {proc.pid}) exited unexpectedly with exit code {code}: "
+                       "a call to sys.exit() or os._exit() in the dataset or worker_init_fn, or an "
+                       "error outside them (such as a 'spawn' worker failing to unpickle the "
+                       "dataset: its traceback is on stderr above)")
             raise WorkerError(msg, worker_id=wid, pid=proc.pid)
 
     def close(self, timeout: float = 1.0) -> None:

@@ -144,8 +144,19 @@ def _keep_freed_memory() -> None:
 
 
 def _failure(spec: WorkerSpec, exc: BaseException, where: str) -> WorkerFailure:
-    return WorkerFailure(spec.worker_id, os.getpid(), type(exc), str(exc),
-                         "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), where)
+    return WorkerFailure(spec.worker_id, os.getpid(), type(exc), _text(lambda: str(exc), exc),
+                         _text(lambda: "".join(traceback.format_exception(
+                             type(exc), exc, exc.__traceback__)), exc), where)
+
+
+def _text(make: Callable[[], str], exc: BaseException) -> str:
+    """``make()``, or a stand-in when the exception's own ``__str__`` raises (which would
+    otherwise end the worker with its traceback on stderr and the failure lost)."""
+    try:
+        return make()
+    except Exception as inner:
+        return (f"<{type(exc).__qualname__}: its __str__ raised {type(inner).__name__}: "
+                f"{inner}>\n" + "".join(traceback.format_tb(exc.__traceback__)))
 
 
 # Words of the pool's control block (shared int64s, written by the main process).

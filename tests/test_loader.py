@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -225,3 +226,43 @@ def test_bad_values_torch_lets_through_or_fmq_adds_are_refused_at_construction(k
     iter()); the others failed later with an error naming an internal parameter, or not at all."""
     with pytest.raises(error, match=re.escape(words)):
         FMQLoader(KindDataset(8), **kw)
+
+
+def _first_worker_exits_3(worker_id: int) -> None:
+    if worker_id == 0:
+        os._exit(3)
+
+
+def test_a_worker_that_exits_with_a_nonzero_code_is_reported_though_the_others_deliver():
+    """Worker 0 ends itself in worker_init_fn; worker 1 could load every batch, and did,
+    with nothing said. torch raises for it too (its SIGCHLD handler)."""
+    from fmq_loader.errors import WorkerError
+
+    with FMQLoader(KindDataset(64), batch_size=2, num_workers=2, multiprocessing_context="fork",
+                   worker_init_fn=_first_worker_exits_3) as loader:
+        with pytest.raises(WorkerError, match=r"worker 0 \(pid \d+\) exited unexpectedly with exit code 3"):
+            for _ in loader:
+                time.sleep(0.01)
+
+
+class _UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+class _RaisesUnprintable(Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int):
+        raise _UnprintableError()
+
+
+def test_an_exception_whose_str_raises_still_reaches_the_main_process_with_its_type():
+    """Its __str__ raised inside the worker's report: the worker died, traceback on stderr."""
+    with FMQLoader(_RaisesUnprintable(), batch_size=2, num_workers=1,
+                   multiprocessing_context="fork") as loader:
+        with pytest.raises(_UnprintableError) as info:
+            next(iter(loader))
+    text = info.value.args[0]  # (its str() raises here too: the same class)
+    assert "Caught _UnprintableError in worker 0" in text and "raise _UnprintableError()" in text
