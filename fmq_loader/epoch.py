@@ -119,6 +119,20 @@ class _Epoch:
     def __next__(self):
         if self._done:
             raise StopIteration
+        # One next() at a time per pool: two threads iterating one loader would corrupt its
+        # bookkeeping (internal errors followed). A clear error instead; ~0.1 µs.
+        in_next = self._pool.in_next
+        if not in_next.acquire(False):
+            raise RuntimeError(
+                "next() was called on this loader's iterator while another thread was inside "
+                "next() on the same workers; iterate one FMQLoader from one thread at a time, "
+                "or give each thread its own loader")
+        try:
+            return self._next_locked()
+        finally:
+            in_next.release()
+
+    def _next_locked(self):
         start = perf_counter()
         try:
             batch = self._next_batch()
@@ -172,6 +186,8 @@ class _Epoch:
                 self._pool.check_alive(signals_only=True, exiting=exited.fd)  # by itself: below
         deadline = time.monotonic() + self._timeout if self._timeout > 0 else None
         while True:
+            if self._done:  # detached by a newer iter() in another thread
+                raise StopIteration
             wait = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())
             try:
                 return self._pool.get(max(0.0, wait))
@@ -349,6 +365,8 @@ class PullEpoch(_Epoch):
 
     def _next_batch(self):
         while True:
+            if self._done:  # detached by a newer iter() (another thread's) while waiting here
+                raise StopIteration
             if self._yielded == self._published:
                 if self._exhausted:
                     raise StopIteration
@@ -444,6 +462,8 @@ class PushEpoch(_Epoch):
 
     def _next_batch(self):
         while True:
+            if self._done:  # detached by a newer iter() (another thread's) while waiting here
+                raise StopIteration
             if self._in_order:
                 while self._next_yield in self._ready:
                     payload = self._ready.pop(self._next_yield)
@@ -478,7 +498,7 @@ class PushEpoch(_Epoch):
         self._dispatch()
         self._samples = batch_size_of(payload) if self._auto_collation else 1
         self._handed_out += 1
-        # stacklevel: here, _next_batch, __next__, the caller of next()
+        # stacklevel: here, _next_batch, _next_locked, __next__, the caller of next()
         warn_if_past_reported_length(self._loader.dataset, self._reported_len, self._handed_out,
-                                     self._n, stacklevel=4)
+                                     self._n, stacklevel=5)
         return payload

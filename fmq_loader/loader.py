@@ -35,6 +35,7 @@ import logging
 import multiprocessing as mp
 import os
 import random
+import threading
 import warnings
 import weakref
 from time import perf_counter
@@ -261,6 +262,7 @@ class FMQLoader:
                              f"got {log_every_s!r}")
         self.log_every_s = log_every_s
         self._meter = Meter(log_every_s, weakref.WeakMethod(self._log_stats))
+        self._iter_lock = threading.Lock()
         self._initialized = True
 
     # As torch's DataLoader: these shape the batches and the index order, which are
@@ -368,6 +370,14 @@ class FMQLoader:
         return base_seed
 
     def __iter__(self):
+        with self._iter_lock:  # two threads' iter() at once would both set the epoch up
+            pool = self._pool
+            if pool is None:
+                return self._iter()
+            with pool.in_next:  # nor may it run while another thread is in next() on it
+                return self._iter()
+
+    def _iter(self):
         if self._closed:
             raise RuntimeError("this FMQLoader is closed; create a new one to iterate again")
         if self._resume is not None:

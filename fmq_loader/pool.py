@@ -162,6 +162,7 @@ class ProducerPool:
         self.next_seq = 0  # sequence number of the next task published (main process only)
         self.consumed = 0  # batches handed to the user, mirrored in control[CONSUMED]
         self.ready: dict[int, Any] = {}  # results received, not yet handed out, by sequence number
+        self.in_next = threading.Lock()  # held by the thread inside an epoch's next() (epoch.py)
         try:
             if ctx.get_start_method() == "fork":
                 warm_pillow()

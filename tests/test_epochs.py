@@ -388,3 +388,29 @@ def test_next_after_the_loader_was_closed_says_the_loader_was_closed():
     with pytest.raises(QueueClosed, match=r"this iterator's FMQLoader was closed .* call iter\(loader\)"):
         for _ in range(100):  # batches received before close() may still come out first
             next(it)
+
+
+def test_two_threads_iterating_one_persistent_loader_get_a_clear_error_not_a_hang():
+    """Unsupported, as with torch's DataLoader; it raised internal errors ("this is a bug")
+    or blocked for good. Now one thread may end early or be told why it cannot go on."""
+    import threading
+
+    with FMQLoader(Numbers(400), batch_size=4, num_workers=2, persistent_workers=True,
+                   multiprocessing_context="fork") as loader:
+        outcome: dict = {}
+
+        def consume(k: int) -> None:
+            try:
+                outcome[k] = len([b for b in loader])
+            except Exception as exc:  # noqa: BLE001 -- recorded for the assertion
+                outcome[k] = exc
+
+        threads = [threading.Thread(target=consume, args=(k,), daemon=True) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not any(t.is_alive() for t in threads), "a thread blocked for good"
+    for result in outcome.values():
+        assert isinstance(result, int) or (
+            isinstance(result, RuntimeError) and "another thread was inside next()" in str(result)), outcome
