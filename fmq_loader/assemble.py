@@ -18,6 +18,7 @@ import torch
 
 from .codec import OUT_OF_BAND_MIN_BYTES, _dtype_pair
 from .collate import default_collate
+from .errors import BatchTooLarge
 from .queue import Queue, Reservation
 from .shm import align
 
@@ -54,6 +55,9 @@ class SlabAssembler:
                 self._start(sample)
             elif self._rows is not None and not self._fill(k, sample):
                 self.cancel()
+        except BatchTooLarge:  # no slab can take it: say so now, not after the whole batch
+            self.cancel()      # was built in ordinary memory and put() said the same
+            raise
         except Exception:  # whatever it was, default_collate will meet it (and report it)
             self.cancel()
 

@@ -170,3 +170,34 @@ def test_worker_sigkill_message_names_the_oom_killer():
         assert info.value.pid == victim
     finally:
         loader.close()
+
+
+class _HugeUntouched:
+    """Tensors of ``nbytes`` each whose pages are never touched; counts its loads."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+        self.loads = mp.get_context("fork").Array("i", 8)  # per index
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int):
+        import torch
+
+        with self.loads.get_lock():
+            self.loads[i] += 1
+        return torch.empty(self.nbytes, dtype=torch.uint8), i
+
+
+def test_a_batch_no_slab_can_take_fails_at_its_first_sample():
+    """The worker builds default-collated batches in a slab it reserves at the first
+    sample. A refused reservation was swallowed: the whole batch (here 4 x half the
+    machine's memory, in untouched pages) was loaded and stacked in ordinary memory
+    before put() raised the same BatchTooLarge."""
+    dataset = _HugeUntouched(_mem_total() // 2)
+    with FMQLoader(dataset, batch_size=4, num_workers=1, multiprocessing_context="fork",
+                   timeout=60) as loader:
+        with pytest.raises(BatchTooLarge, match="needs shared memory the machine cannot give"):
+            next(iter(loader))
+    assert list(dataset.loads[:4]) == [1, 0, 0, 0]  # (the worker may have begun batch 2)
