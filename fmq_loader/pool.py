@@ -18,6 +18,7 @@ import struct
 import sys
 import threading
 import time
+import weakref
 from typing import Any, Callable
 
 # multiprocessing imports these on first use (Process.start, Value, Lock); import
@@ -36,6 +37,11 @@ logger = logging.getLogger(__name__)
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _FRAME = struct.Struct("!i")  # multiprocessing.Connection's length prefix
+
+
+# Every pool of this process. A worker forked by one pool inherits the descriptors of
+# all the others (slabs, pipes); see ProducerPool.forget_inherited.
+_LIVE_POOLS: "weakref.WeakSet[ProducerPool]" = weakref.WeakSet()
 
 
 def _unpicklable(objects, method: str, error: BaseException) -> TypeError | None:
@@ -163,6 +169,7 @@ class ProducerPool:
         self.consumed = 0  # batches handed to the user, mirrored in control[CONSUMED]
         self.ready: dict[int, Any] = {}  # results received, not yet handed out, by sequence number
         self.in_next = threading.Lock()  # held by the thread inside an epoch's next() (epoch.py)
+        _LIVE_POOLS.add(self)
         try:
             if ctx.get_start_method() == "fork":
                 warm_pillow()
@@ -277,6 +284,26 @@ class ProducerPool:
             except BlockingIOError:
                 return
             del staged[:n]
+
+    @staticmethod
+    def forget_inherited(own_results) -> None:
+        """In a forked worker: close this process's copies of every other pool's descriptors.
+
+        A loader's workers forked while another loader was alive inherited its slabs
+        and pipes, and kept that loader's shared memory (hundreds of MB) alive after
+        its close(), until they exited themselves. The worker uses none of them.
+        ``own_results``: the queue of the pool this worker belongs to.
+        """
+        for pool in list(_LIVE_POOLS):
+            if pool.results is own_results or pool._closed:
+                continue
+            pool._closed = True  # nothing in this process may use it
+            for conn in [*pool._task_pipes, pool._board_r, pool._board_w]:
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+            pool.results.release_shared_memory()
 
     @property
     def closed(self) -> bool:

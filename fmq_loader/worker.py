@@ -234,6 +234,9 @@ def run_worker(spec: WorkerSpec) -> None:
     _keep_freed_memory()
     results = spec.results
     results.cancel_join_thread()  # never hang at exit on a consumer that stopped reading
+    from .pool import ProducerPool
+
+    ProducerPool.forget_inherited(results)  # fork: other loaders' slabs and pipes
     parent = __import__("multiprocessing").parent_process()
     sentinel = [parent.sentinel] if parent is not None else []
     if parent is not None:

@@ -634,3 +634,49 @@ def test_worker_whose_sentinel_is_ready_before_it_can_be_reaped_is_still_reporte
         assert time.monotonic() - start < 3.0
     finally:
         loader.close()
+
+
+def _memfds(pid: int) -> set[tuple[int, int]]:
+    """The slab memfds (``/memfd:fmq_...``) process ``pid`` holds descriptors of, by inode."""
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        path = f"/proc/{pid}/fd/{fd}"
+        try:
+            if os.readlink(path).startswith("/memfd:fmq_"):
+                st = os.stat(path)
+                found.add((st.st_dev, st.st_ino))
+        except OSError:
+            continue
+    return found
+
+
+def test_workers_forked_while_another_loader_lives_do_not_keep_its_shared_memory():
+    """Under fork, B's workers inherited A's slab descriptors, so A's shared memory
+    outlived A.close() until B's workers exited. Now they close them at start."""
+    import torch
+    from torch.utils.data import Dataset
+
+    from fmq_loader import FMQLoader
+
+    class Big(Dataset):
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, i):
+            return torch.full((1 << 18,), float(i))  # 1 MiB samples
+
+    with FMQLoader(Big(), batch_size=4, num_workers=2, multiprocessing_context="fork") as a:
+        it_a = iter(a)
+        next(it_a)
+        a_slabs = _memfds(os.getpid())  # A's (B makes its own later)
+        assert a_slabs
+        with FMQLoader(Big(), batch_size=4, num_workers=2, persistent_workers=True,
+                       multiprocessing_context="fork") as b:
+            it_b = iter(b)
+            next(it_b)
+            for pid in b._pool.pids:
+                held = _memfds(pid)
+                assert held, "B's worker holds none of its own slabs either"
+                assert not held & a_slabs, f"B's worker {pid} holds A's slabs"
+            del it_b
+        del it_a
