@@ -287,11 +287,14 @@ class ProducerPool:
 
     @staticmethod
     def forget_inherited(own_results) -> None:
-        """In a forked worker: close this process's copies of every other pool's descriptors.
+        """In a forked worker: close this process's copies of every other pool's descriptors
+        and mappings.
 
         A loader's workers forked while another loader was alive inherited its slabs
         and pipes, and kept that loader's shared memory (hundreds of MB) alive after
-        its close(), until they exited themselves. The worker uses none of them.
+        its close(), until they exited themselves. The worker uses none of them. What
+        stays: the mappings of batches the parent held or had buffered when it forked
+        (their views came along), at most that loader's prefetch.
         ``own_results``: the queue of the pool this worker belongs to.
         """
         for pool in list(_LIVE_POOLS):

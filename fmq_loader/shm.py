@@ -237,6 +237,11 @@ class SlabArena:
         if self._closed:
             return
         self._closed = True
+        for mapping, _ in self._maps.values():
+            try:  # unmapped now, with the descriptor mmap keeps of its own
+                mapping.close()
+            except BufferError:  # a batch still views it: unmapped when that is gone
+                pass
         self._maps.clear()
         self._state = self._sizes = None  # views of the control mapping: drop them first
         self._state_words.release()

@@ -651,8 +651,11 @@ def _memfds(pid: int) -> set[tuple[int, int]]:
 
 
 def test_workers_forked_while_another_loader_lives_do_not_keep_its_shared_memory():
-    """Under fork, B's workers inherited A's slab descriptors, so A's shared memory
-    outlived A.close() until B's workers exited. Now they close them at start."""
+    """Under fork, B's workers inherited A's slab descriptors and mappings, so A's shared
+    memory outlived A.close() until B's workers exited. Now they let go of them at start
+    (all of them here: A holds no batch when B forks, as between two epochs)."""
+    import gc
+
     import torch
     from torch.utils.data import Dataset
 
@@ -660,16 +663,18 @@ def test_workers_forked_while_another_loader_lives_do_not_keep_its_shared_memory
 
     class Big(Dataset):
         def __len__(self):
-            return 64
+            return 32
 
         def __getitem__(self, i):
             return torch.full((1 << 18,), float(i))  # 1 MiB samples
 
-    with FMQLoader(Big(), batch_size=4, num_workers=2, multiprocessing_context="fork") as a:
-        it_a = iter(a)
-        next(it_a)
-        a_slabs = _memfds(os.getpid())  # A's (B makes its own later)
-        assert a_slabs
+    with FMQLoader(Big(), batch_size=4, num_workers=2, persistent_workers=True,
+                   prefetch_next_epoch=False, multiprocessing_context="fork") as a:
+        assert sum(1 for _ in a) == 8  # one whole epoch; no batch is kept
+        gc.collect()
+        arena = a._pool.results._arena
+        a_slabs = {(st.st_dev, st.st_ino) for st in map(os.fstat, [*arena._fds, arena._ctrl_fd])}
+        assert a_slabs <= _memfds(os.getpid())
         with FMQLoader(Big(), batch_size=4, num_workers=2, persistent_workers=True,
                        multiprocessing_context="fork") as b:
             it_b = iter(b)
@@ -679,4 +684,3 @@ def test_workers_forked_while_another_loader_lives_do_not_keep_its_shared_memory
                 assert held, "B's worker holds none of its own slabs either"
                 assert not held & a_slabs, f"B's worker {pid} holds A's slabs"
             del it_b
-        del it_a
