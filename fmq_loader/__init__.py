@@ -9,8 +9,8 @@ from .build import build_from_config  # also attaches FMQLoader.from_config
 from .config import LoaderConfig, load_config
 from .datasets import ImageFolder
 from .decode import DecodeError
-from .errors import (BatchTooLarge, ConfigError, FMQError, ProducersGone, QueueClosed,
-                     QueueTimeout, WorkerError)
+from .errors import (BatchTooLarge, CollateError, ConfigError, FMQError, ProducersGone,
+                     QueueClosed, QueueTimeout, WorkerError)
 from .loader import FMQLoader
 from .pool import ProducerPool
 from .queue import Queue
@@ -23,6 +23,6 @@ __all__ = [
     "FMQLoader", "ProducerPool", "Queue", "ImageFolder", "make_dataset", "transforms",
     "LoaderConfig", "load_config", "build_from_config",
     "get_worker_info", "WorkerInfo",
-    "FMQError", "ConfigError", "BatchTooLarge", "QueueClosed", "QueueTimeout",
+    "FMQError", "ConfigError", "BatchTooLarge", "CollateError", "QueueClosed", "QueueTimeout",
     "ProducersGone", "WorkerError", "DecodeError",
 ]

@@ -22,6 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .errors import CollateError
+
 __all__ = ["default_collate", "default_convert", "concat_batches", "part_mismatch", "PartsJoin"]
 
 
@@ -33,7 +35,7 @@ def _stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     first = tensors[0].shape
     for i, t in enumerate(tensors):
         if t.shape != first:
-            raise ValueError(f"samples in one batch must have equal shapes, got {tuple(first)} at "
+            raise CollateError(f"samples in one batch must have equal shapes, got {tuple(first)} at "
                              f"batch position 0 and {tuple(t.shape)} at batch position {i}; resize "
                              "or crop samples to one size in the dataset's transform, or pass a "
                              "collate_fn that pads them")
@@ -59,11 +61,9 @@ def default_collate(batch: Sequence[Any]) -> Any:
         if elem.dtype.kind in "OSUV":
             return list(batch)
         return torch.as_tensor(np.asarray(batch))
-    if isinstance(elem, bool):
-        return torch.tensor(batch, dtype=torch.bool)
     if isinstance(elem, float):
         return torch.tensor(batch, dtype=torch.float64)
-    if isinstance(elem, int):
+    if isinstance(elem, int):  # bools too: all bools give bool, bools and ints int64, as torch
         return torch.tensor(batch)
     if isinstance(elem, (str, bytes)):
         return batch  # as torch: the list (or, inside a sample, the tuple) as given
@@ -79,7 +79,7 @@ def default_collate(batch: Sequence[Any]) -> Any:
         size = len(elem)
         for i, sample in enumerate(batch):
             if len(sample) != size:
-                raise ValueError(f"each sequence in a batch must have the same length, got {size} "
+                raise CollateError(f"each sequence in a batch must have the same length, got {size} "
                                  f"at batch position 0 and {len(sample)} at batch position {i}")
         columns = [default_collate(c) for c in zip(*batch)]
         if isinstance(elem, tuple):
@@ -229,7 +229,7 @@ class PartsJoin:
             path, k, first, other = where
             named = ("" if self.indices is None else
                      f" (dataset indices {_short(self.indices[0])} and {_short(self.indices[k])})")
-            raise ValueError(
+            raise CollateError(
                 f"samples in one batch must have equal shapes: this epoch's first batch was "
                 f"loaded in {len(parts)} parts by different workers, and batch{path} has samples "
                 f"of shape {first} in part 0 and {other} in part {k}{named}; resize or crop "
@@ -297,6 +297,13 @@ def concat_batches(parts: Sequence[Any]) -> Any:
                                      and all(isinstance(x, (str, bytes)) for x in first)):
         return type(first)(x for p in parts for x in p)  # a column of strings
     if isinstance(first, list):
+        for k, part in enumerate(parts):
+            if len(part) != len(first):  # zip() would drop the extra columns without a word
+                raise CollateError(
+                    f"each sequence in a batch must have the same length, got {len(first)} in "
+                    f"part 0 of this epoch's first batch and {len(part)} in part {k} (its parts "
+                    "were loaded by different workers); make the dataset return sequences of "
+                    "one length, or pass a collate_fn")
         columns = [concat_batches(list(c)) for c in zip(*parts)]
         try:
             return columns if type(first) is list else type(first)(columns)

@@ -10,6 +10,7 @@ __all__ = [
     "FMQError",
     "ConfigError",
     "BatchTooLarge",
+    "CollateError",
     "QueueClosed",
     "QueueTimeout",
     "ProducersGone",
@@ -27,6 +28,14 @@ class ConfigError(FMQError, ValueError):
 
 class BatchTooLarge(FMQError, ValueError):
     """A batch does not fit the shared memory the configuration allows."""
+
+
+class CollateError(FMQError, ValueError, RuntimeError):
+    """Samples of one batch cannot be collated together (different shapes or lengths).
+
+    Also a ``RuntimeError``, the type torch's ``default_collate`` raises for them
+    (from ``torch.stack``), so ``except RuntimeError`` keeps working.
+    """
 
 
 class QueueClosed(FMQError, ValueError):

@@ -150,3 +150,42 @@ def test_a_split_first_batch_whose_parts_differ_in_shape_names_the_parts_and_goe
         assert "batch['x'] has samples of shape (3, 4) in part 0 and (3, 5) in part 1" in message
         assert "[0, 1, 2, 3] and [4, 5, 6, 7]" in message
         assert next(it)["i"].tolist() == list(range(8, 16))
+
+
+def test_bools_then_ints_collate_to_int64_as_torchs_default_collate():
+    """A bool first forced dtype=bool: [True, 1, 2, 3] became all True."""
+    from torch.utils.data import default_collate as torch_collate
+
+    for batch in ([True, 1, 2, 3], [True, False], [1, True], [False, 2.5]):
+        ours, theirs = default_collate(batch), torch_collate(batch)
+        assert ours.dtype == theirs.dtype and torch.equal(ours, theirs), batch
+
+
+def test_collate_errors_are_also_runtime_errors_as_torchs_are():
+    from fmq_loader import CollateError
+
+    for batch in ([torch.zeros(2), torch.zeros(3)], [[1, 2], [1, 2, 3]]):
+        with pytest.raises(RuntimeError) as info:
+            default_collate(batch)
+        assert isinstance(info.value, (CollateError, ValueError))
+
+
+class _RaggedLists(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i):
+        return [i, i + 1, i + 2] if i == 1 else [i, i + 1]
+
+
+def test_a_split_first_batch_of_ragged_lists_raises_instead_of_dropping_a_column():
+    """Its parts (one per worker) were joined column by column with zip(), which
+    dropped the longer sample's extra column: a batch of wrong data, where torch raises."""
+    from fmq_loader import FMQLoader
+
+    with FMQLoader(_RaggedLists(), batch_size=4, num_workers=2,
+                   multiprocessing_context="fork") as loader:
+        it = iter(loader)
+        with pytest.raises(RuntimeError, match="each sequence in a batch must have the same length"):
+            next(it)
+        assert [c.tolist() for c in next(it)] == [[4, 5, 6, 7], [5, 6, 7, 8]]

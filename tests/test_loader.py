@@ -172,7 +172,7 @@ def test_samples_of_different_shapes_raise_error_naming_the_shapes(num_workers):
                        num_workers=num_workers, **extra)
     expected = r"equal shapes, got \(3,\) at batch position 0 and \(5,\) at batch position 1"
     if num_workers:  # the worker's error also names the worker and the dataset indices
-        expected = r"(?s)Caught ValueError in worker \d .*fetching indices \[3, 2, 1, 0\].*" + expected
+        expected = r"(?s)Caught CollateError in worker \d .*fetching indices \[3, 2, 1, 0\].*" + expected
     with loader, pytest.raises(ValueError, match=expected):
         list(loader)
 
