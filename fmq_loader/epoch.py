@@ -302,6 +302,7 @@ class PullEpoch(_Epoch):
                         self.successor = self._loader._prefetch_next_epoch(self)
                     if self.successor is not None:
                         self.successor._publish_until(limit)
+                        self._loader.note_prefetch_draws()  # its sampler may have drawn more
                 except Exception as exc:
                     # NOTE [ a failing next epoch ]: the next epoch's sampler (or its set-up)
                     # raised while it was prefetched. It belongs to that epoch: this one

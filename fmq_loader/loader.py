@@ -227,6 +227,7 @@ class FMQLoader:
         self.prefetch_next_epoch = prefetch_next_epoch
         self._prefetched = None
         self._prefetch_error: Exception | None = None  # NOTE [ a failing next epoch ]
+        self._prefetch_fingerprint: tuple = ()  # NOTE [ an order changed since the prefetch ]
         self._iterable = iterable
         self._reported_len: int | None = None  # an iterable dataset's len(), once len(self) asked
         self._epoch = 0
@@ -416,6 +417,13 @@ class FMQLoader:
                 self._prefetched = None
                 raise error  # (the except below drops what it published)
             it, self._prefetched = self._prefetched, None
+            if it is not None and self._order_fingerprint() != self._prefetch_fingerprint:
+                # NOTE [ an order changed since the prefetch ]: the generator was reseeded or
+                # drawn from, or the sampler given new indices, after the next epoch's order
+                # was drawn: torch draws it now, so we do too. Its tasks are dropped below.
+                self._iterations = self._prefetched_progress.iterations
+                it = self._prefetched_progress = None
+                pool.skip_below(pool.next_seq)
             if it is not None:  # the next epoch, already under way
                 if self._epoch_open:  # the user left the last one early: drop its remaining tasks
                     pool.skip_below(it._first)
@@ -460,7 +468,35 @@ class FMQLoader:
         self._prefetched = PullEpoch(self, self._pool, self._draw_base_seed(), current=False)
         self._prefetched_progress = self._drawn
         self._drawn.ref = weakref.ref(self._prefetched)
+        self.note_prefetch_draws()
         return self._prefetched
+
+    def note_prefetch_draws(self) -> None:
+        """The prefetched epoch drew from the generators (or may have): remember their state.
+
+        NOTE [ an order changed since the prefetch ]: ``iter()`` compares it with
+        ``_order_fingerprint()`` then; any difference was the user's doing."""
+        self._prefetch_fingerprint = self._order_fingerprint()
+
+    def _order_fingerprint(self) -> tuple:
+        """What decides the next epoch's order and may change between epochs without
+        ``set_epoch``: the state of the loader's and the samplers' generators, and which
+        objects the samplers' attributes are (``sampler.indices = ...`` is a new list).
+        Torch's global RNG is not in it: with ``generator=None`` the order is drawn from it
+        at the prefetch (see ``_prefetch_next_epoch``)."""
+        parts: list = []
+        for obj in (self.generator, self.sampler, self.batch_sampler,
+                    getattr(self.batch_sampler, "sampler", None)):
+            if isinstance(obj, torch.Generator):
+                parts.append(obj.get_state().numpy().tobytes())
+                continue
+            attrs = getattr(obj, "__dict__", None)
+            if attrs:
+                parts.append(tuple((key, id(value)) for key, value in attrs.items()))
+            generator = getattr(obj, "generator", None)
+            if isinstance(generator, torch.Generator):
+                parts.append(generator.get_state().numpy().tobytes())
+        return tuple(parts)
 
     def _prefetch_failed(self, error: Exception) -> None:
         """The next epoch failed while it was prefetched: the next ``iter()`` raises ``error``."""

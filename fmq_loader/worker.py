@@ -201,6 +201,14 @@ def load_batch(dataset, indices, auto_collation: bool, base_seed: int, position:
     if not auto_collation:
         seed_sample(sample_seed(base_seed, position), torch_gen)
         return dataset[indices]
+    getitems = getattr(dataset, "__getitems__", None)
+    if getitems:  # as torch (2.1 and later): the whole batch in one call, when the dataset has it
+        seed_sample(sample_seed(base_seed, position), torch_gen)  # seeded once: it loads them all
+        samples = getitems(indices)
+        if each is not None:
+            for k, sample in enumerate(samples):
+                each(k, sample)
+        return samples
     samples = []
     for k, i in enumerate(indices):
         seed_sample(sample_seed(base_seed, position + k), torch_gen)
