@@ -228,6 +228,8 @@ class FMQLoader:
         self._prefetched = None
         self._prefetch_error: Exception | None = None  # NOTE [ a failing next epoch ]
         self._prefetch_fingerprint: tuple = ()  # NOTE [ an order changed since the prefetch ]
+        self._prefetch_before: list = []  # (generator, state before the prefetch drew)
+        self._prefetch_states: list = []  # (generator, state before, state after its draws)
         self._iterable = iterable
         self._reported_len: int | None = None  # an iterable dataset's len(), once len(self) asked
         self._epoch = 0
@@ -420,10 +422,14 @@ class FMQLoader:
             if it is not None and self._order_fingerprint() != self._prefetch_fingerprint:
                 # NOTE [ an order changed since the prefetch ]: the generator was reseeded or
                 # drawn from, or the sampler given new indices, after the next epoch's order
-                # was drawn: torch draws it now, so we do too. Its tasks are dropped below.
+                # was drawn: torch draws it now, so we do too, from generators that show no
+                # draw of ours (one the user did not touch is set back to before them).
+                for generator, before, after in self._prefetch_states:
+                    if torch.equal(generator.get_state(), after):
+                        generator.set_state(before)
                 self._iterations = self._prefetched_progress.iterations
                 it = self._prefetched_progress = None
-                pool.skip_below(pool.next_seq)
+                pool.skip_below(pool.next_seq)  # its tasks
             if it is not None:  # the next epoch, already under way
                 if self._epoch_open:  # the user left the last one early: drop its remaining tasks
                     pool.skip_below(it._first)
@@ -465,9 +471,11 @@ class FMQLoader:
         if self._epoch_set or self._resume is not None or any(
                 obj is not self.dataset for obj in self._epoch_aware()):
             return None
+        before = [(g, g.get_state()) for g in self._generators()]
         self._prefetched = PullEpoch(self, self._pool, self._draw_base_seed(), current=False)
         self._prefetched_progress = self._drawn
         self._drawn.ref = weakref.ref(self._prefetched)
+        self._prefetch_before = before
         self.note_prefetch_draws()
         return self._prefetched
 
@@ -477,6 +485,17 @@ class FMQLoader:
         NOTE [ an order changed since the prefetch ]: ``iter()`` compares it with
         ``_order_fingerprint()`` then; any difference was the user's doing."""
         self._prefetch_fingerprint = self._order_fingerprint()
+        self._prefetch_states = [(g, state, g.get_state()) for g, state in self._prefetch_before]
+
+    def _generators(self) -> list:
+        """The loader's and its samplers' torch.Generators, each once."""
+        found: list = []
+        for obj in (self.generator, self.sampler, self.batch_sampler,
+                    getattr(self.batch_sampler, "sampler", None)):
+            g = obj if isinstance(obj, torch.Generator) else getattr(obj, "generator", None)
+            if isinstance(g, torch.Generator) and all(g is not f for f in found):
+                found.append(g)
+        return found
 
     def _order_fingerprint(self) -> tuple:
         """What decides the next epoch's order and may change between epochs without

@@ -277,3 +277,53 @@ def test_invalid_context_object_raises_torchs_type_error():
     with pytest.raises(TypeError, match="multiprocessing_context option should be a valid context"):
         FMQLoader(KindDataset(4), num_workers=1, multiprocessing_context=3)
     assert "multiprocessing_context option should be a valid context" in str(theirs.value)
+
+
+class BatchedOnly(torch.utils.data.Dataset):
+    """Loads batches only, through __getitems__ (as Hugging Face datasets do)."""
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitems__(self, indices):
+        return [torch.tensor([100 + i]) for i in indices]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_dataset_with_getitems_is_fetched_through_it_as_torchs_is(num_workers):
+    """torch 2.1+ calls __getitems__(indices) for each batch when the dataset has it;
+    it was ignored (NotImplementedError from Dataset.__getitem__)."""
+    extra = {"multiprocessing_context": "fork"} if num_workers else {}
+    kw = dict(batch_size=2, num_workers=num_workers, **extra)
+    with FMQLoader(BatchedOnly(), **kw) as loader:
+        ours = list(loader)
+    assert_same_batch(ours, list(DataLoader(BatchedOnly(), **kw)))
+
+
+def test_reseeding_the_generator_or_replacing_indices_between_epochs_is_followed():
+    """With persistent workers the next epoch's order is drawn before this one ends.
+    A generator reseeded per epoch, or a sampler given new indices, used to take effect
+    one epoch late. NOTE [ an order changed since the prefetch ]."""
+    def reseeded(cls):
+        g = torch.Generator()
+        loader = cls(KindDataset(8), batch_size=4, shuffle=True, generator=g, num_workers=2,
+                     persistent_workers=True, multiprocessing_context="fork")
+        out = []
+        for epoch in range(3):
+            g.manual_seed(100 + epoch)
+            out.append([b.tolist() for b in loader])
+        return out
+
+    def new_indices(cls):
+        sampler = torch.utils.data.SubsetRandomSampler([0, 1, 2, 3],
+                                                       generator=torch.Generator().manual_seed(0))
+        loader = cls(KindDataset(8), batch_size=2, sampler=sampler, num_workers=2,
+                     persistent_workers=True, multiprocessing_context="fork")
+        out = []
+        for epoch in range(3):
+            sampler.indices = [4, 5, 6, 7] if epoch % 2 else [0, 1, 2, 3]
+            out.append([b.tolist() for b in loader])
+        return out
+
+    for case in (reseeded, new_indices):
+        assert case(FMQLoader) == case(DataLoader), case.__name__
