@@ -17,6 +17,7 @@ rebuilt.
 from __future__ import annotations
 
 import collections.abc
+import copy
 from typing import Any, Sequence
 
 import numpy as np
@@ -29,6 +30,22 @@ __all__ = ["default_collate", "default_convert", "concat_batches", "part_mismatc
 
 def _is_namedtuple(x) -> bool:
     return isinstance(x, tuple) and hasattr(x, "_fields")
+
+
+def _like(template: collections.abc.Mapping, values: dict) -> collections.abc.Mapping:
+    """``values`` in a mapping like ``template``, as torch's collate builds it: a copy of a
+    mutable mapping, updated (a defaultdict keeps its factory, a subclass its attributes);
+    else its type built from a dict; else a plain dict."""
+    if type(template) is dict:
+        return values
+    try:
+        if isinstance(template, collections.abc.MutableMapping):
+            clone = copy.copy(template)
+            clone.update(values)
+            return clone
+        return type(template)(values)
+    except TypeError:  # no copy()/update(), or no constructor from a dict
+        return values
 
 
 def _stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -68,11 +85,7 @@ def default_collate(batch: Sequence[Any]) -> Any:
     if isinstance(elem, (str, bytes)):
         return batch  # as torch: the list (or, inside a sample, the tuple) as given
     if isinstance(elem, collections.abc.Mapping):
-        merged = {key: default_collate([d[key] for d in batch]) for key in elem}
-        try:
-            return type(elem)(merged) if not isinstance(elem, dict) or type(elem) is not dict else merged
-        except TypeError:  # a mapping type that cannot be built from a dict
-            return merged
+        return _like(elem, {key: default_collate([d[key] for d in batch]) for key in elem})
     if _is_namedtuple(elem):
         return type(elem)(*(default_collate(field) for field in zip(*batch)))
     if isinstance(elem, collections.abc.Sequence):
@@ -101,11 +114,7 @@ def default_convert(data: Any) -> Any:
     if isinstance(data, np.generic) and data.dtype.kind not in "OSUV":
         return torch.as_tensor(data)
     if isinstance(data, collections.abc.Mapping):
-        merged = {k: default_convert(v) for k, v in data.items()}
-        try:
-            return merged if type(data) is dict else type(data)(merged)
-        except TypeError:
-            return merged
+        return _like(data, {k: default_convert(v) for k, v in data.items()})
     if _is_namedtuple(data):
         return type(data)(*(default_convert(d) for d in data))
     if isinstance(data, tuple):
@@ -286,11 +295,7 @@ def concat_batches(parts: Sequence[Any]) -> Any:
     if isinstance(first, torch.Tensor):
         return _cat_one_thread(parts)
     if isinstance(first, collections.abc.Mapping):
-        merged = {key: concat_batches([p[key] for p in parts]) for key in first}
-        try:
-            return merged if type(first) is dict else type(first)(merged)
-        except TypeError:
-            return merged
+        return _like(first, {key: concat_batches([p[key] for p in parts]) for key in first})
     if _is_namedtuple(first):
         return type(first)(*(concat_batches(list(f)) for f in zip(*parts)))
     if isinstance(first, tuple) or (isinstance(first, list)

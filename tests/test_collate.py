@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import default_collate as torch_collate
 
-from fmq_loader.collate import PartsJoin, concat_batches, default_collate
+from fmq_loader.collate import PartsJoin, concat_batches, default_collate, default_convert
 
 Point = collections.namedtuple("Point", "x y")
 
@@ -189,3 +189,32 @@ def test_a_split_first_batch_of_ragged_lists_raises_instead_of_dropping_a_column
         with pytest.raises(RuntimeError, match="each sequence in a batch must have the same length"):
             next(it)
         assert [c.tolist() for c in next(it)] == [[4, 5, 6, 7], [5, 6, 7, 8]]
+
+
+class _Tagged(dict):
+    """A dict subclass with an instance attribute of its own."""
+
+
+def test_mapping_samples_keep_their_type_and_attributes_as_torchs_collate_keeps_them():
+    """A defaultdict came back a plain dict, and a dict subclass lost its attributes:
+    torch copies the first sample's mapping and updates it."""
+    import collections
+
+    from torch.utils.data import default_collate as torch_collate
+    from torch.utils.data import default_convert as torch_convert
+
+    def samples():
+        tagged = _Tagged(x=torch.zeros(2))
+        tagged.origin = "disk"
+        counts = collections.defaultdict(int, x=torch.ones(2))
+        return tagged, counts
+
+    for ours_fn, theirs_fn in ((default_collate, torch_collate), (default_convert, torch_convert)):
+        for sample in samples():
+            batch = [sample, sample] if ours_fn is default_collate else sample
+            ours, theirs = ours_fn(batch), theirs_fn(batch)
+            assert type(ours) is type(theirs) is type(sample)
+            assert getattr(ours, "origin", None) == getattr(theirs, "origin", None)
+            if isinstance(sample, collections.defaultdict):
+                assert ours.default_factory is int
+            assert torch.equal(ours["x"], theirs["x"])
