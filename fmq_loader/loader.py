@@ -387,7 +387,11 @@ class FMQLoader:
             self._resume.check(self)  # before any worker starts
         if self.num_workers == 0:
             base_seed = self._draw_base_seed()
-            inner = _single_process_iter(self, base_seed, self._index_sampler, self._drawn)
+            if not self._iterable:
+                epoch = _InProcessEpoch(self, base_seed, self._index_sampler, self._drawn)
+                self._track(epoch)
+                return epoch
+            inner = _in_process_iterable(self)
             self._track(inner)
             return _metered(self._meter, inner)
         if not self.persistent_workers:
@@ -704,49 +708,84 @@ def _own_rng_state():
 _END = object()
 
 
-def _single_process_iter(loader: FMQLoader, base_seed: int, index_sampler=None,
-                         progress: EpochProgress | None = None):
-    """num_workers=0: load in this process, same semantics as the worker path.
+def _in_process_iterable(loader: FMQLoader):
+    """num_workers=0 with an iterable dataset: its batches, loaded in this process.
 
-    Yields ``(samples in the batch, batch)``; ``_metered`` passes the batch on.
+    Yields ``(samples in the batch, batch)``; ``_metered`` passes the batch on. (An
+    error inside the dataset's own generator ends it, here as in torch.)
     """
     dataset, collate = loader.dataset, loader.collate_fn
-    if loader._iterable:
-        it, reported, yielded = iter(dataset), loader._reported_len, 0
-        while True:
-            if loader.auto_collation:
-                items = list(itertools.islice(it, loader.batch_size))
-                if not items or (loader.drop_last and len(items) < loader.batch_size):
-                    return
-                samples, batch = len(items), collate(items)
-            else:
-                item = next(it, _END)
-                if item is _END:
-                    return
-                samples, batch = 1, collate(item)
-            yielded += 1
-            # stacklevel: here, _metered, the caller of next()
-            warn_if_past_reported_length(dataset, reported, yielded, 0, stacklevel=3)
-            yield samples, pin(batch, loader._pin_device) if loader.pin_memory else batch
-    position = 0  # each sample seeded from its place in the epoch, as in the workers
-    batches = iter(loader._index_sampler if index_sampler is None else index_sampler)
-    for indices in itertools.islice(batches, progress.start if progress is not None else 0):
-        position += len(indices) if loader.auto_collation else 1  # resume: skip what was seen
-    for indices in batches:
-        with _own_rng_state():  # the training loop's RNG streams are not disturbed
-            samples = load_batch(dataset, indices, loader.auto_collation, base_seed, position)
+    it, reported, yielded = iter(dataset), loader._reported_len, 0
+    while True:
         if loader.auto_collation:
-            position += len(indices)
-            try:
-                batch = collate(samples)
-            except (ValueError, TypeError) as exc:  # name the samples, as workers do
-                raise type(exc)(f"{exc} (collating dataset indices {list(indices)[:16]})") from exc
+            items = list(itertools.islice(it, loader.batch_size))
+            if not items or (loader.drop_last and len(items) < loader.batch_size):
+                return
+            samples, batch = len(items), collate(items)
         else:
-            position += 1
-            batch = collate(samples)
-        if progress is not None:
-            progress.count += 1
-        yield (len(indices) if loader.auto_collation else 1,
-               pin(batch, loader._pin_device) if loader.pin_memory else batch)
-    if progress is not None:
-        progress.finished = True
+            item = next(it, _END)
+            if item is _END:
+                return
+            samples, batch = 1, collate(item)
+        yielded += 1
+        # stacklevel: here, _metered, the caller of next()
+        warn_if_past_reported_length(dataset, reported, yielded, 0, stacklevel=3)
+        yield samples, pin(batch, loader._pin_device) if loader.pin_memory else batch
+
+
+class _InProcessEpoch:
+    """num_workers=0 with a map-style dataset: load each batch in this process when asked.
+
+    An iterator object, not a generator, so that after one batch raises (a dataset or
+    collate error) the next ``next()`` goes on with the following batch, as torch's
+    does; a generator would have ended. Same seeds as the worker path: each sample is
+    seeded from its place in the epoch.
+    """
+
+    def __init__(self, loader: FMQLoader, base_seed: int, index_sampler,
+                 progress: EpochProgress | None) -> None:
+        self._loader, self._base_seed, self._progress = loader, base_seed, progress
+        self._meter = loader._meter
+        self._batches = iter(index_sampler)
+        self._position = 0
+        for indices in itertools.islice(self._batches, progress.start if progress is not None else 0):
+            self._position += len(indices) if loader.auto_collation else 1  # resume: skip what was seen
+        self._done = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._done:
+            raise StopIteration
+        start = perf_counter()
+        loader = self._loader
+        try:
+            indices = next(self._batches)
+        except StopIteration:
+            self._done = True
+            if self._progress is not None:
+                self._progress.finished = True
+            raise
+        position = self._position
+        self._position += len(indices) if loader.auto_collation else 1
+        if self._progress is not None:  # a batch that raises counts as handed out, as in workers
+            self._progress.count += 1
+        with _own_rng_state():  # the training loop's RNG streams are not disturbed
+            samples = load_batch(loader.dataset, indices, loader.auto_collation, self._base_seed,
+                                 position)
+        if loader.auto_collation:
+            try:
+                batch = loader.collate_fn(samples)
+            except (ValueError, TypeError, RuntimeError) as exc:  # name the samples, as workers do
+                try:
+                    named = type(exc)(f"{exc} (collating dataset indices {list(indices)[:16]})")
+                except Exception:
+                    raise exc from None
+                raise named from exc
+        else:
+            batch = loader.collate_fn(samples)
+        if loader.pin_memory:
+            batch = pin(batch, loader._pin_device)
+        self._meter.record(start, perf_counter(), len(indices) if loader.auto_collation else 1)
+        return batch

@@ -327,3 +327,31 @@ def test_reseeding_the_generator_or_replacing_indices_between_epochs_is_followed
 
     for case in (reseeded, new_indices):
         assert case(FMQLoader) == case(DataLoader), case.__name__
+
+
+class FailsAt2(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 5
+
+    def __getitem__(self, i: int):
+        if i == 2:
+            raise KeyError(f"no sample {i}")
+        return torch.tensor([i])
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_the_epoch_goes_on_after_a_batch_raises_as_torchs_does(num_workers):
+    """With num_workers=0 the iterator was a generator, which an exception ends."""
+    extra = {"multiprocessing_context": "fork"} if num_workers else {}
+
+    def events(cls):
+        out, it = [], iter(cls(FailsAt2(), batch_size=1, num_workers=num_workers, **extra))
+        while True:
+            try:
+                out.append(next(it).tolist())
+            except StopIteration:
+                return out
+            except KeyError:
+                out.append("KeyError")
+
+    assert events(FMQLoader) == events(DataLoader) == [[[0]], [[1]], "KeyError", [[3]], [[4]]]
