@@ -19,12 +19,15 @@ NOTE [ fmq shutdown order ]
     epoch, an iterator dropped early, and the ``weakref.finalize`` safety net at
     garbage collection or interpreter exit):
     (1) mark closed; (2) stop the stealer thread -- the reader goes first so it
-    never reads a half-written slab; (3) send every worker ``Stop``; (4) join
-    them with a timeout, ``terminate()`` then ``kill()`` stragglers; (5) close the
+    never reads a half-written slab; (3) set STOP and send every worker ``Stop``
+    (a worker checks STOP between samples); (4) join them for 1 s (0.2 s after
+    an error), ``terminate()`` then ``kill()`` stragglers, quietly; (5) close the
     queue; (6) drop the slab descriptors -- slabs are anonymous memfds, so the
     kernel frees them once the last view is gone and nothing can be left in
     /dev/shm; (7) detach the finalizer. Workers also exit on their own the
-    moment the main process dies (they wait on the parent's sentinel).
+    moment the main process dies (a thread in each waits on the parent's
+    sentinel), and a worker forked by one loader drops the descriptors it
+    inherited of every other (pool.ProducerPool.forget_inherited).
 """
 
 from __future__ import annotations
