@@ -27,7 +27,6 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import numpy.random  # noqa: F401 -- loaded now, not lazily in the middle of an epoch
-import torch
 
 from .collate import PartsJoin, concat_batches, default_collate
 from .pinning import pin

@@ -12,7 +12,6 @@ import argparse
 import gc
 import multiprocessing as mp
 import os
-import threading
 
 import numpy as np
 
