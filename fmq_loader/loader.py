@@ -736,6 +736,15 @@ def _in_process_iterable(loader: FMQLoader):
         yield samples, pin(batch, loader._pin_device) if loader.pin_memory else batch
 
 
+def _naming_indices(exc: Exception, indices) -> Exception | None:
+    """``exc``'s type with the dataset indices added to its message; None when that type
+    cannot be built from one message."""
+    try:
+        return type(exc)(f"{exc} (collating dataset indices {list(indices)[:16]})")
+    except Exception:
+        return None
+
+
 class _InProcessEpoch:
     """num_workers=0 with a map-style dataset: load each batch in this process when asked.
 
@@ -781,10 +790,9 @@ class _InProcessEpoch:
             try:
                 batch = loader.collate_fn(samples)
             except (ValueError, TypeError, RuntimeError) as exc:  # name the samples, as workers do
-                try:
-                    named = type(exc)(f"{exc} (collating dataset indices {list(indices)[:16]})")
-                except Exception:
-                    raise exc from None
+                named = _naming_indices(exc, indices)
+                if named is None:
+                    raise
                 raise named from exc
         else:
             batch = loader.collate_fn(samples)

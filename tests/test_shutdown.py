@@ -77,6 +77,23 @@ SCRIPT = textwrap.dedent('''
         return sorted(p.pid for p in mp.active_children())
 
 
+    def kill_one_and_drain(loader, it, sig, step_s=0.0):
+        """Kill one worker, iterate on: report the victim, the error (with its delay), and
+        the workers left after close()."""
+        victim = workers()[0]
+        report("victim", victim)
+        os.kill(victim, sig)
+        t0 = time.monotonic()
+        try:
+            for batch in it:
+                time.sleep(step_s)
+            report("error", None)
+        except Exception as exc:
+            report("error", error_report(exc, t0))
+        loader.close()
+        report("after_close", workers())
+
+
     def make(dataset, **kw):
         return FMQLoader(dataset, batch_size=4, num_workers=2, multiprocessing_context=METHOD, **kw)
 
@@ -127,18 +144,7 @@ SCRIPT = textwrap.dedent('''
             next(it)
             report("workers", workers())
             time.sleep(0.3)  # both workers are inside a 3 s sample now
-            victim = workers()[0]
-            report("victim", victim)
-            os.kill(victim, signal.SIGKILL)
-            t0 = time.monotonic()
-            try:
-                for batch in it:
-                    pass
-                report("error", None)
-            except Exception as exc:
-                report("error", error_report(exc, t0))
-            loader.close()
-            report("after_close", workers())
+            kill_one_and_drain(loader, it, signal.SIGKILL)
         elif CASE == "timeout_while_workers_in_slow_samples":
             loader = make(Dataset(400, delay_s=10.0, slow_from=4), timeout=1)
             it = iter(loader)
@@ -158,18 +164,7 @@ SCRIPT = textwrap.dedent('''
             next(it)
             report("workers", workers())
             time.sleep(1.0)  # both workers have made their batches and wait for a task
-            victim = workers()[0]
-            report("victim", victim)
-            os.kill(victim, signal.SIGKILL)
-            t0 = time.monotonic()
-            try:
-                for batch in it:
-                    time.sleep(0.05)
-                report("error", None)
-            except Exception as exc:
-                report("error", error_report(exc, t0))
-            loader.close()
-            report("after_close", workers())
+            kill_one_and_drain(loader, it, signal.SIGKILL, step_s=0.05)
         elif CASE == "sigint_while_spawn_workers_start":
             # A 64 MB dataset: a spawn start sends it through a pipe to a worker that reads
             # it only once its interpreter is up (about a second), so iter() takes a while.
@@ -242,18 +237,7 @@ SCRIPT = textwrap.dedent('''
             it = iter(loader)
             next(it)
             report("workers", workers())
-            victim = workers()[0]
-            report("victim", victim)
-            os.kill(victim, sig)
-            t0 = time.monotonic()
-            try:
-                for batch in it:
-                    pass
-                report("error", None)
-            except Exception as exc:
-                report("error", error_report(exc, t0))
-            loader.close()
-            report("after_close", workers())
+            kill_one_and_drain(loader, it, sig)
         elif CASE == "sigint":
             loader = make(Dataset(100_000, delay_s=0.01))
             for n, batch in enumerate(loader):
