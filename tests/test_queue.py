@@ -657,3 +657,53 @@ def test_dropping_the_last_item_received_frees_its_slab_at_once():
         del got
         gc.collect()
         assert np.count_nonzero(q._arena._state) == 0
+
+
+# -- NOTE [ direct send ] in queue.py ------------------------------------------------
+def _put_then_hold_the_gil(q, done_at) -> None:
+    q.put(("stamp", 1))
+    sum(range(10 ** 8))  # one C call: ~1 s with the GIL held, no switch to another thread
+    done_at.value = time.perf_counter()
+
+
+def test_an_item_arrives_while_its_producer_still_holds_the_gil(start_method):
+    """put() writes a small message itself: a feeder thread would need the producer's
+    GIL, which a long C call (or Python code, for the 5 ms switch interval) keeps."""
+    ctx = mp.get_context(start_method)
+    done_at = ctx.Value("d", 0.0)
+    with fmq_loader.Queue(ctx=ctx) as q:
+        p = ctx.Process(target=_put_then_hold_the_gil, args=(q, done_at))
+        p.start()
+        assert q.get(timeout=30) == ("stamp", 1)
+        arrived = time.perf_counter()  # CLOCK_MONOTONIC: the child's clock too
+        _join([p])
+    assert done_at.value > arrived, (
+        "the item arrived only after its producer's long C call ended: put() left it to a "
+        "thread that needed the producer's GIL")
+
+
+def _put_range_twice(q, n: int, go) -> None:
+    for i in range(n):
+        q.put(i)
+    go.wait(30)  # the consumer starts reading: the feeder drains its backlog meanwhile
+    for i in range(n, 2 * n):
+        q.put(i)
+
+
+def test_order_is_kept_when_the_pipe_fills_and_put_hands_over_to_the_feeder(start_method):
+    """Nobody reads at first: the first items are written by put(), then the pipe is
+    full and the rest queue behind the feeder. More puts while the consumer drains
+    must queue behind the feeder too, never overtake it through the pipe."""
+    ctx = mp.get_context(start_method)
+    n = 6000  # ~30 bytes each: the first ~2000 fill a 64 KiB pipe
+    go = ctx.Event()
+    with fmq_loader.Queue(ctx=ctx) as q:
+        p = ctx.Process(target=_put_range_twice, args=(q, n, go))
+        p.start()
+        deadline = time.monotonic() + 30
+        while q.qsize() < n and time.monotonic() < deadline:  # the first n put() calls returned
+            time.sleep(0.01)
+        go.set()
+        got = [q.get(timeout=30) for _ in range(2 * n)]
+        _join([p])
+    assert got == list(range(2 * n))

@@ -20,6 +20,11 @@ Per transport and item kind, one producer process (forkserver, ``maxsize`` 4) pu
   for transports with a consumer-side buffer, the buffer holds it).
 - CPU/item: this process's CPU time (every thread: stealer, unpickling, fd passing)
   during a run, divided by ``n``.
+- busy delivery: the time from ``put()`` to the consumer's ``get()`` returning it, when
+  the producer goes on computing in Python right after each ``put()`` (as a loader
+  worker goes on to its next sample). A transport whose feeder thread writes the pipe
+  must first take the producer's GIL, which can take the interpreter's switch interval
+  (5 ms); fmq_loader.Queue writes small messages from ``put()`` itself.
 
 Every figure is the median over ``--runs`` runs, after one warm-up run. The four
 producers of an item kind live side by side and the runs take turns (mp, seed, torch,
@@ -50,6 +55,7 @@ KINDS = {  # name: (shape, dtype) or None for a tiny int
 }
 TRANSPORTS = ("mp.Queue", "seed fmq", "torch.mp.Queue", "fmq_loader.Queue")
 _STOP = "fmq-bench-stop"
+_BUSY_S = 0.02  # the producer's pure-Python work after each put() in the busy-delivery run
 
 
 def _make_queue(transport: str, ctx):
@@ -80,6 +86,14 @@ def _producer(transport: str, q, kind: str, control) -> None:
         cmd, n = control.recv()
         if cmd == "stop":
             break
+        if cmd == "busy":  # stamp each item, then compute in Python for _BUSY_S
+            for _ in range(n):
+                q.put((time.perf_counter(), item()))
+                end, spin = time.perf_counter() + _BUSY_S, 0
+                while time.perf_counter() < end:
+                    spin += 1
+            control.send("sent")
+            continue
         for _ in range(n):
             q.put(item())
         control.send("sent")
@@ -135,6 +149,7 @@ class _Cell:
         self.walls: list[float] = []
         self.cpus: list[float] = []
         self.lats: list[float] = []
+        self.busy: list[float] = []
 
     def timed_run(self, n: int) -> tuple[float, float]:
         """Ask for ``n`` items, take them; return (wall seconds, consumer CPU seconds)."""
@@ -146,6 +161,17 @@ class _Cell:
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         self.control.recv()
         return wall, cpu
+
+    def busy_delivery(self, n: int) -> float:
+        """Median seconds from put() to get() when the producer computes after each put()."""
+        self.control.send(("busy", n))
+        delays = []
+        for _ in range(n):
+            stamp, _item = self.consumer.get()
+            delays.append(time.perf_counter() - stamp)  # CLOCK_MONOTONIC: one clock for both
+            del _item
+        self.control.recv()
+        return statistics.median(delays)
 
     def waiting_get(self) -> float:
         """Seconds one get() takes when its item is already waiting."""
@@ -176,7 +202,7 @@ class _Cell:
             self.q.close()
 
 
-def _measure_kind(ctx, kind: str, n: int, runs: int) -> dict:
+def _measure_kind(ctx, kind: str, n: int, runs: int, busy_n: int) -> dict:
     """All transports on one item kind, runs interleaved so drifting machine load hits all alike."""
     cells = []
     try:
@@ -191,6 +217,8 @@ def _measure_kind(ctx, kind: str, n: int, runs: int) -> dict:
                 cell.cpus.append(cpu / n)
             for cell in cells:
                 cell.lats.append(cell.waiting_get())
+            for cell in cells:
+                cell.busy.append(cell.busy_delivery(busy_n))
     finally:
         for cell in cells:
             cell.close()
@@ -201,7 +229,8 @@ def _measure_kind(ctx, kind: str, n: int, runs: int) -> dict:
         wall = statistics.median(cell.walls)
         out[(kind, cell.transport)] = {
             "gbps": nbytes * n / wall / 1e9 if nbytes else None, "items_s": n / wall,
-            "lat_s": statistics.median(cell.lats), "cpu_s": statistics.median(cell.cpus)}
+            "lat_s": statistics.median(cell.lats), "cpu_s": statistics.median(cell.cpus),
+            "busy_s": statistics.median(cell.busy)}
     return out
 
 
@@ -214,7 +243,8 @@ def run(quick: bool = False, runs: int | None = None, kinds=tuple(KINDS)) -> dic
     ctx.set_forkserver_preload(["numpy", "torch", "fmq_loader", __name__])
     results = {}
     for kind in kinds:
-        results.update(_measure_kind(ctx, kind, counts[kind], runs))
+        busy_n = 3 if kind == "150 MB float64" else 10
+        results.update(_measure_kind(ctx, kind, counts[kind], runs, busy_n))
     return results
 
 
@@ -228,7 +258,7 @@ def _fmt(v, unit: str) -> str:
 
 def report(results: dict) -> str:
     head = (f"{'item':<15} {'transport':<17} {'GB/s':>7} {'items/s':>9} {'get latency':>12} "
-            f"{'CPU/item':>10} {'x mp.Queue':>11} {'x torch':>8}")
+            f"{'CPU/item':>10} {'busy delivery':>14} {'x mp.Queue':>11} {'x torch':>8}")
     lines = [head, "-" * len(head)]
     for kind in dict.fromkeys(k for k, _ in results):
         base, tq = results[(kind, "mp.Queue")], results[(kind, "torch.mp.Queue")]
@@ -236,6 +266,7 @@ def report(results: dict) -> str:
             r = results[(kind, t)]
             lines.append(f"{kind:<15} {t:<17} {_fmt(r['gbps'], ''):>7} {_fmt(r['items_s'], ''):>9} "
                          f"{_fmt(r['lat_s'], 'ms'):>12} {_fmt(r['cpu_s'], 'ms'):>10} "
+                         f"{_fmt(r['busy_s'], 'ms'):>14} "
                          f"{r['items_s'] / base['items_s']:>10.2f}x "
                          f"{r['items_s'] / tq['items_s']:>7.2f}x")
     return "\n".join(lines)
