@@ -9,7 +9,8 @@ Reported per loader (medians over ``--runs`` runs, alternating loaders):
 images/s over both epochs; main-process CPU per batch (median and mean of the
 process CPU time -- all threads -- spent inside ``next()``); ``next()`` latency
 when a batch is already waiting; time to the first batch (from ``iter()``,
-worker start included); epoch-2 start (time from the end of epoch 1 to the
+worker start included; per run the median of the run's own loader and
+``FRESH_STARTS`` more new loaders, each iterated once and closed); epoch-2 start (time from the end of epoch 1 to the
 first batch of epoch 2: in this decode-bound loop it depends on where the
 pipeline is in its cycle); next-epoch start after slack (one more epoch with a
 0.5 s training step before its last batch, then the time to the following
@@ -84,17 +85,46 @@ def _train_step_for(seconds: float) -> None:
         a = (a @ a).clamp_(max=1.0)
 
 
+FRESH_STARTS = 4  # extra time-to-first-batch samples per run, each from a new loader
+
+
 def _cpu() -> float:
     return time.process_time()  # this process, all threads; children excluded
 
 
-def _one_run(kind: str, dataset, batch_size: int, num_workers: int, epochs: int, ctx: str) -> dict:
+def _new_loader(kind: str, dataset, batch_size: int, num_workers: int, ctx: str, seed: int = 0):
     from fmq_loader import FMQLoader
 
     cls = FMQLoader if kind == "fmq" else torch.utils.data.DataLoader
-    loader = cls(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers,
-                 persistent_workers=True, multiprocessing_context=ctx,
-                 generator=torch.Generator().manual_seed(0))
+    return cls(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers,
+               persistent_workers=True, multiprocessing_context=ctx,
+               generator=torch.Generator().manual_seed(seed))
+
+
+def _fresh_first_batches(kind: str, dataset, batch_size: int, num_workers: int, ctx: str,
+                         count: int) -> list[float]:
+    """Seconds from ``iter()`` to the first batch of ``count`` new loaders (workers not
+    started yet), one after another: more samples of the noisiest figure per run."""
+    out = []
+    for k in range(count):
+        loader = _new_loader(kind, dataset, batch_size, num_workers, ctx, seed=k + 1)
+        try:
+            t0 = time.perf_counter()
+            x, _ = next(iter(loader))
+            out.append(time.perf_counter() - t0)
+            del x
+        finally:
+            if kind == "fmq":
+                loader.close()
+        del loader  # DataLoader has no close(): its workers stop when it is collected
+        gc.collect()
+        time.sleep(0.2)  # the closed loader's workers are gone before the next one forks
+    return out
+
+
+def _one_run(kind: str, dataset, batch_size: int, num_workers: int, epochs: int, ctx: str,
+             fresh_starts: int = FRESH_STARTS) -> dict:
+    loader = _new_loader(kind, dataset, batch_size, num_workers, ctx)
     cpu_per_batch, ready_next, epoch_starts = [], [], []
     first_batch = None
     images = 0
@@ -161,12 +191,14 @@ def _one_run(kind: str, dataset, batch_size: int, num_workers: int, epochs: int,
             loader.close()
         else:
             del loader
+    firsts = [first_batch] + _fresh_first_batches(kind, dataset, batch_size, num_workers, ctx,
+                                                  fresh_starts)
     return {
         "images_per_s": images / elapsed,
         "cpu_ms_per_batch_median": 1e3 * statistics.median(cpu_per_batch),
         "cpu_ms_per_batch_mean": 1e3 * statistics.fmean(cpu_per_batch),
         "ready_next_us": 1e6 * statistics.median(ready_next),
-        "first_batch_ms": 1e3 * first_batch,
+        "first_batch_ms": 1e3 * statistics.median(firsts),
         "epoch2_start_ms": 1e3 * statistics.median(epoch_starts) if epoch_starts else float("nan"),
         "slack_epoch_start_ms": 1e3 * slack_start,
         "worker_peak_rss_mib": peak_rss,
