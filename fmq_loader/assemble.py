@@ -33,12 +33,18 @@ class SlabAssembler:
 
     Call ``add(k, sample)`` after loading sample ``k``, ``finish(samples)`` for the
     batch, then put it with ``into=reservation()``; ``cancel()`` on any failure.
+
+    ``room`` > ``n``: the large columns get ``room`` rows, the batch's ``n`` first, and
+    ``finish`` returns them whole (``roomy``), so that the main process can join the
+    other parts of a split batch into this slab (NOTE [ the join in part 0's slab ]
+    in epoch.py).
     """
 
-    __slots__ = ("_queue", "_n", "_reservation", "_rows", "_kind", "_fields", "_seen")
+    __slots__ = ("_queue", "_n", "_room", "_reservation", "_rows", "_kind", "_fields", "_seen")
 
-    def __init__(self, queue: Queue, n: int) -> None:
+    def __init__(self, queue: Queue, n: int, room: int = 0) -> None:
         self._queue, self._n = queue, n
+        self._room = max(n, room)
         self._reservation: Reservation | None = None
         self._rows: list | None = None  # per field: the batch column in the slab, or None
         self._kind = None  # None: a sample is one tensor; else list or tuple
@@ -48,6 +54,11 @@ class SlabAssembler:
     @property
     def active(self) -> bool:
         return self._rows is not None
+
+    @property
+    def roomy(self) -> bool:
+        """``finish`` returned large columns with ``room`` rows (read before ``reservation()``)."""
+        return self._rows is not None and self._room > self._n
 
     def add(self, k: int, sample) -> None:
         try:
@@ -81,7 +92,7 @@ class SlabAssembler:
                 np_dtype = _dtype_pair(str(value.dtype).rpartition(".")[2])[1]
                 if np_dtype is not None and self._n * nbytes >= OUT_OF_BAND_MIN_BYTES:
                     plan.append((tuple(value.shape), value.dtype, np_dtype))
-                    total += align(self._n * nbytes)
+                    total += align(self._room * nbytes)
                     continue
                 rest += align(self._n * nbytes)
             elif value.__class__ in _NUMBERS:
@@ -103,7 +114,7 @@ class SlabAssembler:
                 rows.append(None)
                 continue
             shape, _, np_dtype = field
-            rows.append(torch.from_numpy(reservation.array((self._n, *shape), np_dtype)))
+            rows.append(torch.from_numpy(reservation.array((self._room, *shape), np_dtype)))
         self._rows = rows
         self._fields = [None if f is None else f[:2] for f in plan]
         self._seen = set()
@@ -136,6 +147,7 @@ class SlabAssembler:
         if self._rows is None or not samples:
             return default_collate(samples)
         m = len(samples)
+        # With room (roomy), the large columns come back whole: room rows, the first m filled.
         rows = self._rows if m == self._n else [None if r is None else r[:m] for r in self._rows]
         if self._kind is None:
             return rows[0]

@@ -165,17 +165,25 @@ class PartsJoin:
 
     Args:
         rows: the number of samples in each part, in order.
+        indices: each part's dataset indices, named in an error.
+        room_in: the part built in a slab with rows for the whole batch (NOTE [ the
+            join in part 0's slab ] in epoch.py): the batch is joined there, and parts
+            that come first wait for it.
     """
 
     _MIN_BYTES = 1 << 16  # smaller columns are joined at the end (the copy is too small to matter)
 
-    def __init__(self, rows: Sequence[int], indices: Sequence[Sequence[Any]] | None = None) -> None:
+    def __init__(self, rows: Sequence[int], indices: Sequence[Sequence[Any]] | None = None,
+                 room_in: int | None = None) -> None:
         self.indices = indices  # each part's dataset indices, for an error that names them
         self._starts = [sum(rows[:i]) for i in range(len(rows) + 1)]
         self._outs: list | None = None  # per field: the joined column, or None (joined at the end)
         self._lone = False  # the parts are single tensors, not lists of them
         self._added: set[int] = set()
         self._ok = True
+        self._room_in = room_in
+        self._waiting: dict[int, Any] = {}  # parts that came before the roomy one
+        self._fresh = False  # the columns were allocated here (not a part's slab)
 
     @staticmethod
     def _fields(part):
@@ -185,14 +193,34 @@ class PartsJoin:
             return part, False
         return None, False
 
-    def add(self, i: int, part) -> None:
-        """Part ``i`` arrived: copy its large tensors into the batch."""
+    def add(self, i: int, part, whole=None) -> None:
+        """Part ``i`` arrived: copy its large tensors into the batch. ``whole``: the same
+        part with its large columns at the batch's full length (built with room)."""
         if not self._ok:
             return
         try:
+            if self._outs is None and self._room_in is not None and i != self._room_in:
+                self._waiting[i] = part  # the batch may live in the roomy part's slab
+                return
+            if self._outs is None and whole is not None:
+                self._adopt(whole)
             self._ok = self._add(i, part)
+            waiting, self._waiting = self._waiting, {}
+            for k in sorted(waiting):
+                if self._ok:
+                    self._ok = self._add(k, waiting[k])
         except Exception:  # whatever it is, concat_batches meets it at the end
             self._ok = False
+
+    def _adopt(self, whole) -> None:
+        """Take the roomy part's full-length columns as the batch's (no copy)."""
+        fields, lone = self._fields(whole)
+        if fields is None:
+            return
+        outs = [f if (f.dim() > 0 and f.shape[0] == self._starts[-1] and f.is_contiguous()
+                      and not f.requires_grad) else None for f in fields]
+        if any(out is not None for out in outs):
+            self._lone, self._outs = lone, outs
 
     def _add(self, i: int, part) -> bool:
         fields, lone = self._fields(part)
@@ -200,7 +228,7 @@ class PartsJoin:
         if fields is None:
             return False
         if self._outs is None:
-            self._lone, self._outs = lone, []
+            self._lone, self._outs, self._fresh = lone, [], True
             for f in fields:
                 big = (f.dim() > 0 and f.is_contiguous() and not f.requires_grad
                        and f.numel() * f.element_size() >= self._MIN_BYTES)
@@ -214,8 +242,9 @@ class PartsJoin:
             if (f.dtype != out.dtype or f.shape[0] != end - start or f.shape[1:] != out.shape[1:]
                     or not f.is_contiguous() or f.requires_grad):
                 return False
-            np.copyto(out.numpy()[start:end], f.numpy())  # this thread only: see _cat_one_thread
-            if not self._added:  # fault the rest of the batch in now, while the others decode
+            if f.data_ptr() != out[start].data_ptr():  # (the roomy part is in place already)
+                np.copyto(out.numpy()[start:end], f.numpy())  # this thread only: see _cat_one_thread
+            if not self._added and self._fresh:  # fault the rest of the batch in now
                 for lo, hi in ((0, start), (end, self._starts[-1])):
                     if hi > lo:
                         out.numpy()[lo:hi].fill(0)
@@ -252,6 +281,14 @@ class PartsJoin:
             return self._outs[0]
         return [out if out is not None else concat_batches([p[j] for p in parts])
                 for j, out in enumerate(self._outs)]
+
+
+def own_rows(batch, n: int):
+    """A roomy part's own batch: every column's first ``n`` rows (NOTE [ the join in
+    part 0's slab ] in epoch.py); columns are tensors, as assemble.py builds them."""
+    if batch.__class__ is torch.Tensor:
+        return batch[:n]
+    return [f[:n] if f.__class__ is torch.Tensor else f for f in batch]
 
 
 def _short(indices) -> str:

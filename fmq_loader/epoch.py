@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy.random  # noqa: F401 -- loaded now, not lazily in the middle of an epoch
 
-from .collate import PartsJoin, concat_batches, default_collate
+from .collate import PartsJoin, concat_batches, default_collate, own_rows
 from .pinning import pin
 from .errors import QueueClosed, QueueTimeout, WorkerError
 from .stealer import WatchedFdReady
@@ -259,6 +259,14 @@ class PullEpoch(_Epoch):
         # comes back at the hand-out (or the epoch's end). Holding every worker back
         # (bound num_workers) gave the first batch 3.5 ms sooner but the fifth 13 ms
         # later (24 alternating runs): the workers idle, so we do not.
+        # NOTE [ the join in part 0's slab ]: the split batch's part 0 is built in a slab
+        # with rows for the whole batch (its task has ``room``; assemble.py), and its
+        # message says how many rows are its own. The join adopts that slab as the
+        # batch and copies the other parts into it: no 9.6 MB allocation, no page
+        # faults and no copy of part 0 in the main process, which took 4-5 ms after
+        # the last part when both parts came together (2026-12-03 timeline). Parts
+        # that come before part 0 wait for it. Part 0 built the usual way (another
+        # collate, odd samples, no free slab) is joined as before.
         self._held = self._split_first and pool.budget > 2 * self._n - 1
         if self._held:
             pool.set_bound(2 * self._n - 1)
@@ -321,14 +329,16 @@ class PullEpoch(_Epoch):
                 indices = list(indices)
                 cuts = [len(indices) * k // self._n for k in range(self._n + 1)]
                 first = None
-                for part in range(self._n):
+                for part in range(self._n):  # part 0 with room for the batch: NOTE below
                     seq = pool.publish(self._base_seed, position + cuts[part],
-                                       indices[cuts[part]:cuts[part + 1]], self._dataset_epoch)
+                                       indices[cuts[part]:cuts[part + 1]], self._dataset_epoch,
+                                       room=0 if part else len(indices))
                     first = seq if first is None else first
                 self._spans[first] = self._n
                 self._sizes[first] = len(indices)
                 self._join = first, PartsJoin([cuts[k + 1] - cuts[k] for k in range(self._n)],
-                                              [indices[cuts[k]:cuts[k + 1]] for k in range(self._n)])
+                                              [indices[cuts[k]:cuts[k + 1]] for k in range(self._n)],
+                                              room_in=0)
             else:
                 first = pool.publish(self._base_seed, position, indices, self._dataset_epoch)
                 self._spans[first] = 1
@@ -385,13 +395,17 @@ class PullEpoch(_Epoch):
                         return self._hand_out(first)
             if not self._pool.results.buffered():  # next() will block: refill now
                 self.top_up(spare=self._pool.budget)  # NOTE [ refill while waiting ]
-            seq, _, payload = self._receive()
+            message = self._receive()
+            seq, payload = message[0], message[2]
             if seq < 0:  # a failure outside any task (worker_init_fn): the worker is gone
                 self._raise(payload, task=False)
             if seq >= self._first:  # else: a task of an abandoned epoch
+                whole = None
+                if len(message) > 3:  # NOTE [ the join in part 0's slab ]: rows for the batch
+                    whole, payload = payload, own_rows(payload, message[3])
                 self._pool.ready[seq] = payload
                 if self._join is not None and 0 <= seq - self._join[0] < self._n:
-                    self._join[1].add(seq - self._join[0], payload)  # copy it in while waiting
+                    self._join[1].add(seq - self._join[0], payload, whole)  # copied in now
 
     def _hand_out(self, first: int):
         nparts = self._spans.pop(first)

@@ -250,8 +250,12 @@ class ProducerPool:
                               f"reads its tasks ({type(exc).__name__}: {exc}); it has stopped",
                               worker_id=worker_id, pid=getattr(proc, "pid", None)) from exc
 
-    def publish(self, base_seed: int, position: int, indices, epoch: int | None = None) -> int:
+    def publish(self, base_seed: int, position: int, indices, epoch: int | None = None,
+                room: int = 0) -> int:
         """Stage one map-style task for the shared board; return its sequence number.
+
+        ``room``: build the batch in a slab with rows for ``room`` samples, this task's
+        first (NOTE [ the join in part 0's slab ] in epoch.py); 0 for the usual.
 
         ``flush()`` writes the staged tasks: several tasks cost one ``write``.
         Each is framed as ``Connection.send_bytes`` frames it (4-byte big-endian
@@ -259,7 +263,7 @@ class ProducerPool:
         """
         seq = self.next_seq
         self.next_seq += 1
-        body = pickle.dumps((seq, base_seed, position, indices, epoch), _PROTOCOL)
+        body = pickle.dumps((seq, base_seed, position, indices, epoch, room), _PROTOCOL)
         self._staged += _FRAME.pack(len(body))
         self._staged += body
         return seq

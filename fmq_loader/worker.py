@@ -292,12 +292,13 @@ def run_worker(spec: WorkerSpec) -> None:
                 except Exception as exc:
                     results.put((-1, spec.worker_id, _failure(spec, exc, "creating the dataset iterator")))
                 continue
-            task_id, indices = msg.task_id, msg.indices
+            task_id, indices, room = msg.task_id, msg.indices, 0
         elif spec.board is not None and spec.board in ready:
             with spec.board_lock:
                 if not spec.board.poll():
                     continue  # another worker took it
-                task_id, base_seed, position, indices, epoch = pickle.loads(spec.board.recv_bytes())
+                task_id, base_seed, position, indices, epoch, room = pickle.loads(
+                    spec.board.recv_bytes())
             if task_id < control[MIN_SEQ]:
                 continue  # the rest of an epoch the user left early
             pause = _BOUND_POLL_MIN_S
@@ -318,6 +319,7 @@ def run_worker(spec: WorkerSpec) -> None:
             return  # the parent died
         began = perf_counter()
         assembler = into = None
+        roomy = False
         try:
             if not spec.iterable and epoch is not None and epoch != epoch_seen:
                 # loader.set_epoch(): this worker's copy of the dataset follows it (with
@@ -331,7 +333,7 @@ def run_worker(spec: WorkerSpec) -> None:
                 if assembler is not None and payload.__class__ is not EndOfData:
                     into = assembler.reservation()
             elif assemble:  # NOTE: see assemble.py; the same batch as default_collate's
-                assembler = SlabAssembler(results, len(indices))
+                assembler = SlabAssembler(results, len(indices), room)
                 add = assembler.add
 
                 def each(k, sample):
@@ -339,6 +341,7 @@ def run_worker(spec: WorkerSpec) -> None:
                     check_stop()
                 payload = assembler.finish(load_batch(spec.dataset, indices, True, base_seed,
                                                       position, torch_gen, each))
+                roomy = assembler.roomy  # NOTE [ the join in part 0's slab ] in epoch.py
                 into = assembler.reservation()
             else:
                 payload = load_batch(spec.dataset, indices, spec.auto_collation, base_seed,
@@ -353,11 +356,14 @@ def run_worker(spec: WorkerSpec) -> None:
             where = (f"fetching indices {_short(indices)}" if indices is not None
                      else "iterating the dataset")
             payload = _failure(spec, exc, where)
+            roomy = False
         if assembler is not None:
             assembler.cancel()  # a failure before the batch was finished: give its slab back
             assembler = None
         try:
-            results.put((task_id, spec.worker_id, payload), into=into)
+            # A batch built with room for the whole split batch says how many rows are its own.
+            results.put((task_id, spec.worker_id, payload, len(indices)) if roomy
+                        else (task_id, spec.worker_id, payload), into=into)
         except Exception as exc:  # e.g. the batch could not be pickled
             results.put((task_id, spec.worker_id, _failure(spec, exc, "sending the batch")))
         if row is not None:  # see stats.py; this worker is the row's only writer

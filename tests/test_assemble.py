@@ -275,3 +275,49 @@ def test_a_dataset_that_refills_one_tensor_gets_default_collates_batches():
     with FMQLoader(Refilled(), batch_size=8, num_workers=2, multiprocessing_context="fork") as loader:
         got = [b[:, 0, 0, 0].tolist() for b in loader][1:]  # the split first batch differs, as before
     assert got == expected == [[k + 7.0] * 8 for k in (8, 16, 24)]
+
+
+# -- NOTE [ the join in part 0's slab ] in epoch.py ------------------------------------
+def test_a_part_built_with_room_returns_the_whole_columns_its_rows_first():
+    samples = SAMPLES["tuple-image-label"][:4]
+    with Queue(4) as q:
+        assembler = SlabAssembler(q, 4, room=9)
+        for k, s in enumerate(samples):
+            assembler.add(k, s)
+        batch = assembler.finish(samples)
+        assert assembler.roomy
+        assert batch[0].shape == (9, 3, 24, 24) and batch[1].shape == (4,)  # labels: its own rows
+        _same([batch[0][:4], batch[1]], default_collate(samples))
+        assembler.reservation().cancel()
+
+
+def _slab_holding(loader, t: torch.Tensor):
+    import ctypes
+
+    for slab, (mapping, size) in loader._pool.results._arena._maps.items():
+        start = ctypes.addressof(ctypes.c_char.from_buffer(mapping))
+        if start <= t.data_ptr() < start + size:
+            return slab
+    return None
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_a_split_first_batch_is_joined_in_a_slab_equals_torchs_and_gives_it_back(method):
+    """The first batch's parts (one per worker) are joined in part 0's slab: the batch the
+    loop gets is a view of shared memory like every other, torch's batch, and its slab
+    is free again once the batch is dropped."""
+    gen = torch.Generator().manual_seed(3)
+    expected = list(DataLoader(Images(40), batch_size=16, shuffle=True, generator=gen))
+    with FMQLoader(Images(40), batch_size=16, shuffle=True, num_workers=2,
+                   multiprocessing_context=method, generator=torch.Generator().manual_seed(3),
+                   persistent_workers=True, prefetch_next_epoch=False) as loader:
+        it = iter(loader)
+        first = next(it)
+        _same(first, expected[0])
+        assert _slab_holding(loader, first[0]) is not None
+        rest = list(it)
+        for a, b in zip(rest, expected[1:]):
+            _same(a, b)
+        del first, rest, a, it
+        gc.collect()
+        assert _claimed(loader._pool.results) == 0

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import default_collate as torch_collate
 
-from fmq_loader.collate import PartsJoin, concat_batches, default_collate, default_convert
+from fmq_loader.collate import PartsJoin, concat_batches, default_collate, default_convert, own_rows
 
 Point = collections.namedtuple("Point", "x y")
 
@@ -115,6 +115,65 @@ def test_parts_joined_as_they_arrive_equal_concat_batches(parts, order):
     for g, w in ([(got, want)] if isinstance(got, torch.Tensor) else zip(got, want)):
         if isinstance(g, torch.Tensor):
             assert g.stride() == w.stride()
+
+
+def _roomy(part, total: int):
+    """Part 0 as a worker builds it with room for the whole batch (assemble.py): each
+    tensor column at the batch's full length, contiguous, its own rows first."""
+    def pad(col):
+        if not isinstance(col, torch.Tensor) or col.dim() == 0:
+            return col
+        whole = torch.full((total, *col.shape[1:]), 7, dtype=col.dtype)  # 7: rows not ours yet
+        whole[:len(col)] = col
+        return whole
+    return pad(part) if isinstance(part, torch.Tensor) else [pad(c) for c in part]
+
+
+@pytest.mark.parametrize("parts,adopted", [
+    pytest.param([BIG[:3], BIG[3:]], True, id="two"),
+    pytest.param([BIG[:2], BIG[2:4], BIG[4:]], True, id="three"),
+    pytest.param([[BIG[:4], torch.arange(4)], [BIG[4:], torch.arange(4, 7)]], True, id="with-labels"),
+    pytest.param([[BIG[:4].float(), BIG[:4]], [BIG[4:].float(), BIG[4:]]], True, id="two-big-columns"),
+    # the slab's uint8 column cannot take int16 rows: concat_batches promotes, as torch.cat
+    pytest.param([BIG[:4], BIG[4:].to(torch.int16)], False, id="mixed-dtypes"),
+    pytest.param([BIG[:4], BIG[4:, :, :32]], False, id="bad-shapes"),
+    pytest.param([[BIG[:4], ["a"] * 4], [BIG[4:], ["b"] * 3]], False, id="with-str"),
+])
+@pytest.mark.parametrize("order", ["roomy-first", "roomy-last"])
+def test_the_join_takes_the_batch_in_part_0s_slab_when_part_0_has_room(parts, adopted, order):
+    """NOTE [ the join in part 0's slab ]: part 0 comes with room for the whole batch;
+    the join copies the other parts into it (no new batch memory), whichever comes
+    first, and falls back to concat_batches's result or error otherwise."""
+    rows = [len(p) if isinstance(p, torch.Tensor) else len(p[0]) for p in parts]
+    whole = _roomy(parts[0], sum(rows))
+    own = [own_rows(whole, rows[0])] + list(parts[1:])
+    join = PartsJoin(rows, room_in=0)
+    order = range(len(parts)) if order == "roomy-first" else reversed(range(len(parts)))
+    try:
+        want = concat_batches(parts)
+    except RuntimeError:
+        with pytest.raises(ValueError, match=r"shape \(3, 64, 64\) in part 0 and \(3, 32, 64\) in part 1"):
+            for i in order:
+                join.add(i, own[i], whole if i == 0 else None)
+            join.result(own)
+        return
+    for i in order:
+        join.add(i, own[i], whole if i == 0 else None)
+    got = join.result(own)
+    _same(got, want)
+    first = got if isinstance(got, torch.Tensor) else got[0]
+    slab = whole if isinstance(whole, torch.Tensor) else whole[0]
+    assert (first.data_ptr() == slab.data_ptr()) is adopted
+
+
+def test_the_join_allocates_as_before_when_part_0_came_without_room():
+    parts = [BIG[:4], BIG[4:]]
+    join = PartsJoin([4, 3], room_in=0)
+    join.add(1, parts[1])  # waits for part 0
+    join.add(0, parts[0])  # built the usual way (e.g. no free slab): no whole
+    got = join.result(parts)
+    _same(got, BIG)
+    assert got.data_ptr() not in (parts[0].data_ptr(), parts[1].data_ptr())
 
 
 def test_parts_too_small_to_copy_early_are_joined_at_the_end():
