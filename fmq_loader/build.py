@@ -113,8 +113,23 @@ def loader_from_config(dataset, config, **overrides) -> FMQLoader:
         ConfigError: a bad config or override.
     """
     known, rest = _split(dataset, overrides)
+    _check_keywords(rest)
     cfg = load_config(config, known) if known or not isinstance(config, LoaderConfig) else config
     return FMQLoader(dataset, **{**cfg.loader_kwargs(), **rest})
+
+
+def _check_keywords(rest: dict) -> None:
+    """A misspelt keyword gets the nearest FMQLoader keyword, as a misspelt config key does."""
+    import difflib
+    import inspect
+
+    valid = [k for k in inspect.signature(FMQLoader.__init__).parameters if k not in ("self", "dataset")]
+    for key in rest:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid + list(_LOADER_KEYS), n=1)
+            raise TypeError(f"FMQLoader.from_config() got an unexpected keyword argument {key!r}"
+                            + (f"; did you mean {close[0]!r}?" if close else "")
+                            + f" Valid keywords: {', '.join(sorted(set(valid) | set(_LOADER_KEYS)))}")
 
 
 def torch_loader_from_config(dataset, config, **overrides):

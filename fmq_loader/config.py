@@ -225,8 +225,8 @@ class DatasetConfig:
                       "JPEG decoder; auto = simplejpeg when installed, else Pillow")
     exif_transpose: bool = _f(False, _bool, "rotate images upright by their EXIF tag")
     seed: int | None = _f(None, _int(0, none_ok=True),
-                          "per-sample augmentation seeds (same crops for any num_workers); "
-                          "null = per-worker RNG")
+                          "transform seeds from this, the epoch and the index; null = the "
+                          "global RNG, which the loader seeds per sample")
     transforms: tuple[TransformSpec, ...] = _f(
         _default_transforms, None, "applied in order; each item is {Name: {param: value}}")
 

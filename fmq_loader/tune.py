@@ -320,7 +320,8 @@ def _diagnose(trials: Sequence[Trial], best: Trial, cores: int) -> tuple[str, st
     most = max(t.num_workers for t in trials)
     if best.num_workers < most:
         hint = ("more workers did not help (the cores are busy: other processes count too); "
-                "more cores or a faster decoder (simplejpeg, dataset.decoder: auto) would")
+                "more cores would, or a faster decoder: `pip install simplejpeg` (with "
+                "dataset.decoder: auto, the default, it is then used)")
     else:
         hint = (f"images/s still rose at {most} workers, the most tried; try more with "
                 f"--workers {most},{2 * most}")

@@ -212,3 +212,9 @@ def test_from_config_applies_validated_keyword_overrides_and_passes_others(tmp_p
     with pytest.raises(ConfigError, match=r"override loader\.num_workers=-2: "
                                           r"loader\.num_workers must be an int >= 0"):
         loader_from_config(dataset, None, num_workers=-2)
+
+
+def test_from_config_names_the_nearest_keyword_for_a_misspelt_one():
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'num_wokers'; did you mean "
+                                        r"'num_workers'\?"):
+        FMQLoader.from_config(list(range(4)), CONFIGS / "default.yaml", num_wokers=2)

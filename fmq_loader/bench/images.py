@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         the exit code (0).
     """
-    parser = argparse.ArgumentParser(prog="python -m fmq_loader.bench.images",
+    parser = argparse.ArgumentParser(prog="python -m fmq_loader.bench images",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="fewer images and runs: finishes in well under a minute")

@@ -274,7 +274,13 @@ def report(res: dict) -> str:
 
 def sweep(root: str, workers, runs: int, **kw) -> dict:
     """``run()`` once per num_workers: {num_workers: run()'s result}."""
-    return {w: run(root, runs, num_workers=w, **kw) for w in workers}
+    import warnings
+
+    with warnings.catch_warnings():
+        # the sweep goes past the core count on purpose: neither loader's "more workers than CPUs"
+        warnings.filterwarnings("ignore", message=r"num_workers=\d+: more worker processes than")
+        warnings.filterwarnings("ignore", message=r"This DataLoader will create \d+ worker processes")
+        return {w: run(root, runs, num_workers=w, **kw) for w in workers}
 
 
 def _plot(args, root: str, workers) -> int:
