@@ -107,7 +107,9 @@ class _Local:
         # NOTE [ direct send ]: messages handed to the feeder and not yet written;
         # changed under send_lock.
         self.backlog = 0
-        self.send_lock = threading.Lock()
+        # Reentrant: a signal handler that put()s while this thread is inside put() gets
+        # the lock again, finds the pipe's write lock taken (by itself) and goes to the feeder.
+        self.send_lock = threading.RLock()
         self.writable: select.poll | None = None  # polls the pipe's write end for room
 
     def shutdown(self) -> None:
@@ -137,8 +139,8 @@ def _feed(local: _Local, writer, wlock) -> None:
         except (OSError, ValueError) as exc:  # the pipe is gone: the program is ending
             logger.debug("fmq feeder dropped a message: %r", exc)
             return
-        with local.send_lock:
-            local.backlog -= 1
+        with local.send_lock:  # every put() queues under this lock: the rest is what waits
+            local.backlog = local.buffer.qsize()
 
 
 def _join_feeder(thread_ref) -> None:
@@ -247,28 +249,44 @@ class Queue:
         with local.send_lock:  # NOTE [ direct send ]
             if local.backlog == 0 and len(msg) <= _DIRECT_MAX and self._write_now(local, msg):
                 return
+            # Counted first: a KeyboardInterrupt before the put below leaves the count one
+            # too high (direct sends wait) until the feeder's next write recounts it.
             local.backlog += 1
-        if local.feeder is None:
-            self._start_feeder(local)
-        local.buffer.put(msg)
+            if local.feeder is None:
+                self._start_feeder(local)
+            local.buffer.put(msg)
 
     def _write_now(self, local: _Local, msg) -> bool:
-        """Write a small message into the pipe if that cannot block; False if not written."""
-        if not self._wlock.acquire(False):  # another process is writing (maybe a long message)
-            return False
+        """Write a small message into the pipe if that cannot block; False if not written.
+
+        The pipe's write lock is shared by every producer process: left taken, it would
+        stop them all. A signal handler may raise (KeyboardInterrupt) right after
+        ``acquire()`` returns, before a ``try`` could guard the lock; the outer handler
+        sees by the lock's count that this thread took it and gives it back. (Under
+        ``send_lock`` with an empty backlog, no other thread of this process holds it.)
+        """
+        wlock = self._wlock._semlock
+        held = wlock._count()
         try:
-            if local.writable is None:
-                local.writable = select.poll()
-                local.writable.register(self._writer.fileno(), select.POLLOUT)
-            events = local.writable.poll(0)
-            if not events or events[0][1] != select.POLLOUT:  # full, or the reader is gone
+            if not wlock.acquire(False):  # another process is writing (maybe a long message)
                 return False
-            os.write(self._writer.fileno(), _FRAME.pack(len(msg)) + msg)
-            return True
-        except OSError:  # the pipe is gone: the feeder reports it (at debug level)
-            return False
-        finally:
-            self._wlock.release()
+            try:
+                if local.writable is None:
+                    local.writable = select.poll()
+                    local.writable.register(self._writer.fileno(), select.POLLOUT)
+                events = local.writable.poll(0)
+                if not events or events[0][1] != select.POLLOUT:  # full, or the reader is gone
+                    return False
+                os.write(self._writer.fileno(), _FRAME.pack(len(msg)) + msg)
+                return True
+            except OSError:  # the pipe is gone: the feeder reports it (at debug level)
+                return False
+            finally:
+                wlock.release()  # first: no handler runs between the body and this call
+        except BaseException:
+            if wlock._count() > held:  # interrupted between acquire() and the inner try
+                wlock.release()
+            raise
 
     def put_nowait(self, obj) -> None:
         """``put(obj, block=False)``."""

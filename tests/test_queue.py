@@ -11,6 +11,7 @@ import gc
 import multiprocessing as mp
 import os
 import pickle
+import signal
 import queue
 import subprocess
 import sys
@@ -707,3 +708,97 @@ def test_order_is_kept_when_the_pipe_fills_and_put_hands_over_to_the_feeder(star
         got = [q.get(timeout=30) for _ in range(2 * n)]
         _join([p])
     assert got == list(range(2 * n))
+
+
+def _put_with_interrupts(q, ready, stop, report) -> None:
+    """Puts small items while SIGINT storms in; KeyboardInterrupt only inside put()."""
+    armed = [False]
+
+    def handler(signum, frame):
+        if armed[0]:
+            armed[0] = False
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    ready.set()
+    sent = interrupted = 0
+    while not stop.is_set():
+        try:
+            armed[0] = True
+            q.put(sent)
+            armed[0] = False
+        except KeyboardInterrupt:
+            interrupted += 1
+        sent += 1
+        for _ in range(200):
+            pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    q.put("end")
+    report.send((sent, interrupted))
+
+
+def test_a_put_interrupted_by_ctrl_c_never_leaves_the_pipe_write_lock_taken(start_method):
+    """The write lock is shared by every producer process: a KeyboardInterrupt raised
+    right after put() took it must not leave it taken (every producer would stop)."""
+    ctx = mp.get_context(start_method)
+    ready, stop = ctx.Event(), ctx.Event()
+    report, child_end = ctx.Pipe(duplex=False)
+    with fmq_loader.Queue(ctx=ctx) as q:
+        p = ctx.Process(target=_put_with_interrupts, args=(q, ready, stop, child_end))
+        p.start()
+        got = []
+        reader = threading.Thread(target=lambda: got.extend(iter(lambda: q.get(timeout=20), "end")))
+        reader.start()
+        assert ready.wait(60), "the producer did not start"
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            os.kill(p.pid, signal.SIGINT)
+            time.sleep(0.0002)
+        stop.set()
+        reader.join(30)
+        assert report.poll(30), "the producer did not finish"
+        sent, interrupted = report.recv()
+        _join([p])
+        free = q._wlock.acquire(False)
+        if free:
+            q._wlock.release()
+    assert free and not reader.is_alive()
+    assert len(got) == len(set(got)) and got == sorted(got)  # no duplicate, per-producer order
+    assert len(got) >= sent - interrupted  # an interrupted put() may or may not have sent
+
+
+def _put_also_from_a_signal_handler(q, ready, stop) -> None:
+    signal.signal(signal.SIGUSR1, lambda signum, frame: q.put(-1))
+    ready.set()
+    i = 0
+    while not stop.is_set():
+        q.put(i)
+        i += 1
+        for _ in range(200):
+            pass
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    q.put("end")
+
+
+def test_a_signal_handler_may_put_while_its_thread_is_inside_put(start_method):
+    ctx = mp.get_context(start_method)
+    ready, stop = ctx.Event(), ctx.Event()
+    with fmq_loader.Queue(ctx=ctx) as q:
+        p = ctx.Process(target=_put_also_from_a_signal_handler, args=(q, ready, stop))
+        p.start()
+        got = []
+        reader = threading.Thread(target=lambda: got.extend(iter(lambda: q.get(timeout=20), "end")))
+        reader.start()
+        assert ready.wait(60), "the producer did not start"
+        end, signals = time.monotonic() + 1.5, 0
+        while time.monotonic() < end:
+            os.kill(p.pid, signal.SIGUSR1)
+            signals += 1
+            time.sleep(0.0005)
+        stop.set()
+        reader.join(30)
+        _join([p])
+    assert not reader.is_alive()
+    mine = [g for g in got if g != -1]
+    assert mine == list(range(len(mine)))
+    assert 0 < got.count(-1) <= signals  # pending signals of one kind coalesce
