@@ -10,8 +10,9 @@ images/s over both epochs; main-process CPU per batch (median and mean of the
 process CPU time -- all threads -- spent inside ``next()``); ``next()`` latency
 when a batch is already waiting; time to the first batch (from ``iter()``,
 worker start included; per run the median of the run's own loader and
-``FRESH_STARTS`` more new loaders, each iterated once and closed); epoch-2 start (time from the end of epoch 1 to the
-first batch of epoch 2: in this decode-bound loop it depends on where the
+``FRESH_STARTS`` more new loaders, each iterated once and closed); epoch-2
+start (time from the end of epoch 1 to the first batch of epoch 2: in this
+decode-bound loop it depends on where the
 pipeline is in its cycle); next-epoch start after slack (one more epoch with a
 0.5 s training step before its last batch, then the time to the following
 epoch's first batch: the cost of the boundary itself). Before each timed
