@@ -143,10 +143,16 @@ def _feed(local: _Local, writer, wlock) -> None:
             local.backlog = local.buffer.qsize()
 
 
-def _join_feeder(thread_ref) -> None:
-    thread = thread_ref()
-    if thread is not None:
-        thread.join()
+def _join_feeder(local: _Local) -> None:
+    thread = local.feeder
+    if thread is not None and thread.ident is not None:  # (one whose start() was interrupted
+        thread.join()                                      # early never ran: nothing to join)
+
+
+def _feeder_running(thread: threading.Thread | None) -> bool:
+    """The feeder was started. A ``start()`` interrupted by a signal handler (Ctrl-C)
+    after the thread began running returns before the thread says so: wait for it."""
+    return thread is not None and (thread.is_alive() or thread._started.wait(1.0))
 
 
 class Queue:
@@ -252,7 +258,7 @@ class Queue:
             # Counted first: a KeyboardInterrupt before the put below leaves the count one
             # too high (direct sends wait) until the feeder's next write recounts it.
             local.backlog += 1
-            if local.feeder is None:
+            if not _feeder_running(local.feeder):
                 self._start_feeder(local)
             local.buffer.put(msg)
 
@@ -364,18 +370,19 @@ class Queue:
 
     def _start_feeder(self, local: _Local) -> None:
         with local.lock:
-            if local.feeder is not None:
+            if _feeder_running(local.feeder):
                 return
-            local.feeder = threading.Thread(target=_feed, args=(local, self._writer, self._wlock),
-                                            name="fmq-feeder", daemon=True)
-            local.feeder.start()
-            if mp.parent_process() is not None and not local.cancel_join:
+            if mp.parent_process() is not None and not local.cancel_join and local.join_at_exit is None:
                 # In a child, flush what was put before the process exits (as
                 # multiprocessing.Queue does); the creator's descendants are joined
                 # before it exits, so it need not wait. Stop first (priority 10), then join.
-                mp_util.Finalize(local.feeder, _Local.stop_feeder, [local], exitpriority=10)
-                local.join_at_exit = mp_util.Finalize(
-                    local.feeder, _join_feeder, [weakref.ref(local.feeder)], exitpriority=-5)
+                # Registered before start(): a Ctrl-C inside start() must not leave a
+                # running feeder unjoined, which could exit holding the pipe's write lock.
+                mp_util.Finalize(None, _Local.stop_feeder, [local], exitpriority=10)
+                local.join_at_exit = mp_util.Finalize(None, _join_feeder, [local], exitpriority=-5)
+            local.feeder = threading.Thread(target=_feed, args=(local, self._writer, self._wlock),
+                                            name="fmq-feeder", daemon=True)
+            local.feeder.start()
 
     # -- consumer side ----------------------------------------------------------
     def get(self, block: bool = True, timeout: float | None = None):
@@ -506,7 +513,7 @@ class Queue:
         if not local.closed:
             raise ValueError("join_thread() needs close() first: the feeder thread only "
                              "ends after the queue is closed")
-        if local.feeder is not None:
+        if local.feeder is not None and local.feeder.ident is not None:
             local.feeder.join()
 
     def cancel_join_thread(self) -> None:
