@@ -14,7 +14,6 @@ import logging
 import os
 import pickle
 import signal
-import struct
 import sys
 import threading
 import time
@@ -28,6 +27,7 @@ from multiprocessing import (heap, popen_fork, popen_forkserver,  # noqa: F401
 
 from .errors import WorkerError
 from .queue import Queue
+from .stealer import FRAME as _FRAME
 from .stats import WORKER_FIELDS, WorkerStats
 from .worker import BUDGET, CONSUMED, MIN_SEQ, STOP, Reseed, Stop, Task, WorkerSpec, run_worker
 
@@ -36,7 +36,6 @@ __all__ = ["ProducerPool"]
 logger = logging.getLogger(__name__)
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
-_FRAME = struct.Struct("!i")  # multiprocessing.Connection's length prefix
 
 
 # Every pool of this process. A worker forked by one pool inherits the descriptors of

@@ -52,7 +52,7 @@ from _multiprocessing import SemLock
 from . import codec
 from .errors import QueueClosed
 from .shm import SlabArena, align
-from .stealer import Stealer, WatchedFdReady, _Failed
+from .stealer import FRAME as _FRAME, Stealer, WatchedFdReady, _Failed
 
 __all__ = ["Queue", "Reservation"]
 
@@ -60,7 +60,6 @@ logger = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<BiIQ")
 _ENTRY = struct.Struct("<QQ")
-_FRAME = struct.Struct("!i")  # multiprocessing.Connection's length prefix
 
 # NOTE [ direct send ]
 # multiprocessing.Queue hands every message to a feeder thread, so put() never

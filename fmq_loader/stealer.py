@@ -52,7 +52,9 @@ class _Done:
 
 
 _READ_SIZE = 1 << 16
-_LENGTH = struct.Struct(">i")
+# multiprocessing.Connection's frame: a 4-byte big-endian signed length, then the bytes.
+# Also the writers' (queue.put, pool.publish): one definition for both ends.
+FRAME = struct.Struct(">i")
 _BIG = 1 << 20  # a message at least this large is read straight into its own buffer
 
 
@@ -74,7 +76,7 @@ def _split_frames(fd: int, pending: bytearray) -> list:
     if not pending:  # the usual case: whole small messages, sliced out of the chunk uncopied
         out, pos, end = [], 0, len(chunk)
         while end - pos >= 4:
-            size = _LENGTH.unpack_from(chunk, pos)[0]
+            size = FRAME.unpack_from(chunk, pos)[0]
             if size < 0 or end - pos - 4 < size:
                 break
             out.append(memoryview(chunk)[pos + 4:pos + 4 + size])
