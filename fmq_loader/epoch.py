@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 __all__ = ["PullEpoch", "PushEpoch", "warn_if_past_reported_length"]
 
 _POLL_S = 0.1  # how often a waiting next() checks that workers are alive
+# How often a waiting next() writes more of the staged tasks (NOTE [ a task larger than the pipe ]).
+_FLUSH_POLL_S = 0.001
 _SKIP = object()
 
 
@@ -176,7 +178,8 @@ class _Epoch:
         ``WatchedFdReady`` even while the others keep delivering, so a worker killed by a
         signal is reported at once, at no cost to a ``next()`` whose batch is ready.
         """
-        if self._timeout <= 0:
+        pool = self._pool
+        if self._timeout <= 0 and not pool.has_staged():
             try:  # the common case: ready now, or within one wait (no exception raised)
                 return self._get(True, _POLL_S)
             except _queue.Empty:
@@ -184,22 +187,38 @@ class _Epoch:
             except WatchedFdReady as exited:
                 self._pool.check_alive(signals_only=True, exiting=exited.fd)  # by itself: below
         deadline = time.monotonic() + self._timeout if self._timeout > 0 else None
+        flush_wait = _FLUSH_POLL_S
         while True:
             if self._done:  # detached by a newer iter() in another thread
                 raise StopIteration
-            wait = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())
+            wait = _POLL_S
+            if pool.has_staged():
+                # NOTE [ a task larger than the pipe ]: a task of more bytes than the
+                # board's pipe holds (batch_size 25000 pickles to ~75 KB) is written in
+                # parts; the worker reading it blocks until the rest comes, while this
+                # process waits for a batch: next() hung for good. So a waiting next()
+                # writes more as workers drain the pipe, polling from 1 ms (a write
+                # that made progress) backing off to _POLL_S (none: workers held back
+                # by the prefetch bound, NOTE [ the board never blocks ] in pool.py).
+                if pool.flush():
+                    flush_wait = _FLUSH_POLL_S
+                if pool.has_staged():
+                    wait = flush_wait
+                    flush_wait = min(2 * flush_wait, _POLL_S)
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
             try:
-                return self._pool.get(max(0.0, wait))
+                return pool.get(max(0.0, wait))
             except _queue.Empty:
                 pass
             except WatchedFdReady as exited:
                 # A worker exited. Killed by a signal: raise now. Exited by itself (a
                 # worker_init_fn failure is sent before that): its message comes first.
-                self._pool.check_alive(signals_only=True, exiting=exited.fd)
+                pool.check_alive(signals_only=True, exiting=exited.fd)
                 continue
-            self._pool.check_alive()
+            pool.check_alive()
             if deadline is not None and time.monotonic() >= deadline:
-                alive = sum(p.exitcode is None for p in self._pool.workers)
+                alive = sum(p.exitcode is None for p in pool.workers)
                 raise QueueTimeout(
                     f"DataLoader timed out after {self._timeout} seconds: no batch arrived "
                     f"(timeout); {alive}/{self._n} workers alive. A worker may be stuck in the "

@@ -106,6 +106,18 @@ def _sigint_deferred():
             signal.raise_signal(signal.SIGINT)
 
 
+def _widen_pipe(fd: int, size: int = 1 << 20) -> None:
+    """Let the board's pipe hold ``size`` bytes (Linux; 64 KiB by default), best effort:
+    tasks of up to ~300k indices then go out in one write. Larger ones still work
+    (NOTE [ a task larger than the pipe ] in epoch.py)."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), size)
+    except (OSError, ImportError):  # above /proc/sys/fs/pipe-max-size, or not Linux
+        pass
+
+
 def warm_pillow() -> None:
     """Under fork, load Pillow's image plugins once in the parent rather than in every worker.
 
@@ -156,6 +168,7 @@ class ProducerPool:
         self._board_fd = self._board_w.fileno()
         # Never block on the board: see flush(). Only this process writes to it.
         os.set_blocking(self._board_fd, False)
+        _widen_pipe(self._board_fd)
         self._staged = bytearray()  # framed tasks not yet written (publish / flush)
         self.control = ctx.RawArray("q", 4)
         self.control[BUDGET] = max_outstanding
@@ -267,8 +280,9 @@ class ProducerPool:
         self._staged += body
         return seq
 
-    def flush(self) -> None:
+    def flush(self) -> int:
         """Write staged tasks to the board, as many bytes as the pipe takes now; never blocks.
+        Returns the number of bytes written.
 
         NOTE [ the board never blocks ]: workers hold at most one task each, and a task
         they may not start yet (beyond the prefetch bound) keeps them from reading
@@ -277,16 +291,20 @@ class ProducerPool:
         4096, shuffled, 2 workers). What does not fit stays staged and goes out at a
         later ``flush()``: ``top_up()`` tries before every wait, and the task a wait
         needs is never behind staged bytes (the pipe holds the tasks before them, in
-        order). Before the workers start (NOTE [ tasks before workers ]) nobody reads
+        order), save the tail of a task larger than the pipe: a waiting ``next()``
+        keeps writing that (NOTE [ a task larger than the pipe ] in epoch.py). Before the workers start (NOTE [ tasks before workers ]) nobody reads
         the board at all; ``start()`` flushes once they run.
         """
         staged = self._staged
+        written = 0
         while staged:
             try:
                 n = os.write(self._board_fd, staged)
             except BlockingIOError:
-                return
+                break
             del staged[:n]
+            written += n
+        return written
 
     @staticmethod
     def forget_inherited(own_results) -> None:
