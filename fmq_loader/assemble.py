@@ -169,4 +169,4 @@ class SlabAssembler:
 
 def _plain(t: torch.Tensor) -> bool:
     return (t.layout is torch.strided and t.device.type == "cpu" and not t.requires_grad
-            and not t.is_quantized)
+            and not t.is_quantized and not t.is_nested)

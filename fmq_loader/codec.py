@@ -177,7 +177,8 @@ def _encode_node(obj, stream: bytearray, buffers: list, codes: dict, torch, tens
         raise _NotFast
     code = codes.get(obj.dtype)
     if (code is None or obj.device.type != "cpu" or obj.layout != torch.strided
-            or obj.requires_grad or obj.is_conj() or obj.is_neg() or not obj.is_contiguous()
+            or obj.is_nested or obj.requires_grad or obj.is_conj() or obj.is_neg()
+            or not obj.is_contiguous()
             or obj.dim() > 64):
         raise _NotFast
     raw = obj.numpy().reshape(-1).view(np.uint8)

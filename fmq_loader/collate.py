@@ -68,6 +68,10 @@ def default_collate(batch: Sequence[Any]) -> Any:
     """
     elem = batch[0]
     if isinstance(elem, torch.Tensor):
+        if elem.is_nested:  # torch's message, word for word
+            raise RuntimeError("Batches of nested tensors are not currently supported by the "
+                               "default collate_fn; please provide a custom collate_fn to handle "
+                               "them appropriately.")
         return _stack(batch)
     if isinstance(elem, np.ndarray) and type(elem).__module__ == "numpy":
         if elem.dtype.kind in "OSUV":

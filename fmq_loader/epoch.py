@@ -76,10 +76,14 @@ def warn_if_past_reported_length(dataset, reported: int | None, yielded: int, nu
     """
     if reported is None or yielded <= reported:
         return
-    message = (f"len() of the IterableDataset {dataset!r} was {reported} when len(loader) was "
-               f"called, but this epoch has yielded {yielded} items so far.")
+    # torch's wording ("... samples have been fetched. For multiprocessing data-loading, this
+    # could be caused by ...") kept, so that code and searches matching it still work
+    message = (f"Length of IterableDataset {dataset!r} was reported to be {reported} (when "
+               f"accessing len(dataloader)), but {yielded} samples have been fetched. ")
     if num_workers > 0:
-        message += (f" Each of the {num_workers} workers iterates its own copy of the dataset: "
+        message += ("For multiprocessing data-loading, this could be caused by not properly "
+                    f"configuring the IterableDataset replica at each worker: each of the "
+                    f"{num_workers} workers iterates its own copy of the dataset: "
                     "have __iter__ yield only its share, by fmq_loader.get_worker_info() (or "
                     "torch.utils.data.get_worker_info()): its id and num_workers.")
     warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)
@@ -116,6 +120,20 @@ class _Epoch:
 
     def __len__(self) -> int:
         return len(self._loader)
+
+    @property
+    def _workers(self) -> list:
+        """The worker processes (``multiprocessing.Process``), under the private name torch's
+        iterator gives them, which some code and tests read. Once handed out, close() reaps
+        them but leaves the objects open, so the caller may still ``join()`` them."""
+        self._pool.workers_handed_out = True
+        return list(self._pool.workers)
+
+    def _shutdown_workers(self) -> None:
+        """Stop this iterator's workers now, under the private name torch's iterator gives
+        it; the loader stays usable."""
+        self._done = True
+        self._loader._shutdown_pool(self._pool)
 
     def __next__(self):
         if self._done:
@@ -249,7 +267,7 @@ class PullEpoch(_Epoch):
         super().__init__(loader, pool, current)
         self._current = current  # only the current epoch may start the one after it
         self._tasks = iter(loader._index_sampler)
-        self._base_seed = base_seed
+        self.base_seed = self._base_seed = base_seed
         self._dataset_epoch = _dataset_epoch(loader)
         # Place in the epoch of the next task's first sample: it seeds each sample.
         self._position = 0
@@ -466,7 +484,8 @@ class PushEpoch(_Epoch):
 
     def __init__(self, loader: "FMQLoader", pool: "ProducerPool", base_seed: int) -> None:
         super().__init__(loader, pool)
-        pool.start()  # its tasks go to each worker's own pipe, made when the worker starts
+        self.base_seed = base_seed
+        pool.start(base_seed)  # its tasks go to each worker's own pipe, made when the worker starts
         self._budget = pool.budget
         self._active = [True] * self._n
         self._outstanding: dict[int, int] = {}
@@ -475,7 +494,7 @@ class PushEpoch(_Epoch):
         self._worker_cycle = itertools.cycle(range(self._n))
         self._reported_len = loader._reported_len  # as torch: the value when this epoch began
         self._handed_out = 0
-        pool.reseed(base_seed, _dataset_epoch(loader))
+        pool.reseed(base_seed, _dataset_epoch(loader), loader._shared_seed)
         self._first = self._next_task = self._next_yield = pool.next_seq
         for _ in range(self._budget):
             self._dispatch()

@@ -42,13 +42,14 @@ import threading
 import warnings
 import weakref
 from time import perf_counter
-from typing import Callable, Iterable
+from typing import Callable, Generic, Iterable, TypeVar
 
 import numpy as np
 import torch
 from torch.utils.data import (BatchSampler, DistributedSampler, IterableDataset, RandomSampler,
                               Sampler, SequentialSampler)
 
+from . import datapipes
 from .collate import default_collate, default_convert
 from .distributed import EpochOrder, detect_rank
 from .epoch import PullEpoch, PushEpoch, warn_if_past_reported_length, watch_for_exit
@@ -81,7 +82,10 @@ def _is_iterable_dataset(dataset) -> bool:
     return not hasattr(dataset, "__getitem__") and hasattr(dataset, "__iter__")
 
 
-class FMQLoader:
+T_co = TypeVar("T_co", covariant=True)
+
+
+class FMQLoader(Generic[T_co]):
     """Drop-in for ``torch.utils.data.DataLoader``; batches arrive through shared memory.
 
     Same keywords, defaults and validation as torch's DataLoader. Extra,
@@ -148,7 +152,10 @@ class FMQLoader:
                              f"{prefetch_factor!r}")
         if persistent_workers and num_workers == 0:
             raise ValueError("persistent_workers option needs num_workers > 0")
+        dataset = datapipes.wrap(dataset, shuffle)  # torch's handling of DataPipes: datapipes.py
         iterable = _is_iterable_dataset(dataset)
+        if datapipes.is_iter_datapipe(dataset):
+            shuffle = None  # it went to the pipe's shufflers
         if iterable:
             if shuffle not in (False, None):
                 raise ValueError("DataLoader with IterableDataset: expected unspecified shuffle "
@@ -238,6 +245,7 @@ class FMQLoader:
         self._epoch = 0
         self._iterations = 0
         self._first_base_seed: int | None = None
+        self._shared_seed: int | None = None  # an IterDataPipe's, per iterator (datapipes.py)
         self._pool: ProducerPool | None = None
         self._current: weakref.ref | None = None
         self._closed = False
@@ -313,6 +321,35 @@ class FMQLoader:
 
     # -- torch-compatible surface ------------------------------------------------
     @property
+    def _auto_collation(self) -> bool:
+        """torch's private name for ``auto_collation``, which some code and tests read."""
+        return self.auto_collation
+
+    @property
+    def _iterator(self):
+        """torch's private name for a persistent loader's live iterator (None otherwise)."""
+        if not self.persistent_workers or self._pool is None:
+            return None
+        current = self._current() if self._current is not None else None
+        return current if current is not None else _PersistentWorkers(self, self._pool)
+
+    @_iterator.setter
+    def _iterator(self, value) -> None:
+        # code written for torch drops the persistent iterator with `loader._iterator = None`
+        if value is not None:
+            raise ValueError(f"only None may be assigned to _iterator (it drops the persistent "
+                             f"workers), got {value!r}")
+        if self._pool is not None:
+            self._shutdown_pool(self._pool)
+
+    def _shutdown_pool(self, pool: ProducerPool) -> None:
+        """Stop ``pool``'s workers; the loader stays usable (a later iter() starts new ones)."""
+        if pool is self._pool:
+            self._pool = self._prefetched = self._current = None
+            self._epoch_open = False
+        _close_pool(self._pools, pool)
+
+    @property
     def _index_sampler(self):
         if self._bound_index_sampler is not None:  # the latest epoch's (seed, epoch) order
             return self._bound_index_sampler
@@ -349,6 +386,8 @@ class FMQLoader:
     def _draw_base_seed(self) -> int:
         """Begin an epoch: its base seed; binds its order and records it in ``_drawn``."""
         resume, self._resume = self._resume, None
+        # As torch: an IterDataPipe's iterator first draws the seed its random pipes share.
+        self._shared_seed = datapipes.draw_shared_seed(self.dataset, self.generator)
         if resume is not None:
             self._iterations = resume.iterations
         # With set_epoch the epoch number alone picks the seeds and the loader's own
@@ -390,6 +429,8 @@ class FMQLoader:
             self._resume.check(self)  # before any worker starts
         if self.num_workers == 0:
             base_seed = self._draw_base_seed()
+            datapipes.apply_seed(self.dataset, self._shared_seed)
+            datapipes.shard(self.dataset, 1, 0)  # across ranks only, as torch
             if not self._iterable:
                 epoch = _InProcessEpoch(self, base_seed, self._index_sampler, self._drawn)
                 self._track(epoch)
@@ -403,7 +444,7 @@ class FMQLoader:
             try:
                 it = (PushEpoch(self, pool, self._draw_base_seed()) if self._iterable
                       else PullEpoch(self, pool, self._draw_base_seed(), start=self._drawn.start))
-                pool.start()  # NOTE [ tasks before workers ]
+                pool.start(it.base_seed)  # NOTE [ tasks before workers ]
             except BaseException:
                 _close_pool(self._pools, pool)
                 raise
@@ -448,7 +489,7 @@ class FMQLoader:
                 it = (PushEpoch(self, pool, self._draw_base_seed()) if self._iterable
                       else PullEpoch(self, pool, self._draw_base_seed(), start=self._drawn.start))
                 self._track(it)
-            pool.start()  # NOTE [ tasks before workers ]; a no-op once started
+            pool.start(it.base_seed)  # NOTE [ tasks before workers ]; a no-op once started
         except BaseException:
             if pool.running:  # a later epoch failed to start: the pool lives on
                 pool.skip_below(pool.next_seq)  # drop whatever of it reached the board
@@ -657,6 +698,22 @@ class FMQLoader:
                 f"prefetch_factor={self.prefetch_factor} persistent={self.persistent_workers}>")
 
 
+class _PersistentWorkers:
+    """``loader._iterator`` between epochs: what code written for torch's persistent
+    iterator reads of it (``_workers``, ``_shutdown_workers()``)."""
+
+    def __init__(self, loader: FMQLoader, pool: ProducerPool) -> None:
+        self._loader, self._pool = loader, pool
+
+    @property
+    def _workers(self) -> list:
+        self._pool.workers_handed_out = True  # see _Epoch._workers
+        return list(self._pool.workers)
+
+    def _shutdown_workers(self) -> None:
+        self._loader._shutdown_pool(self._pool)
+
+
 _CLOSE_GRACE_S = 1.0  # how long close() lets a worker finish the sample it is in
 _ERROR_GRACE_S = 0.2  # the same after an error: the caller is waiting for the exception
 
@@ -682,8 +739,9 @@ def _warn_if_more_workers_than_cpus(num_workers: int, stacklevel: int) -> None:
     if num_workers <= 0 or (cpus is not None and num_workers <= cpus):
         return
     have = f"the {cpus} CPUs {source}" if cpus is not None else "this machine's CPUs (how many is unknown)"
-    warnings.warn(f"num_workers={num_workers}: more worker processes than {have}. Too many "
-                  "workers can make loading slow or freeze it; lower num_workers if it does.",
+    warnings.warn(f"num_workers={num_workers}: this DataLoader will create {num_workers} worker "
+                  f"processes, more than {have}. Please be aware that excessive worker creation "
+                  "might get DataLoader running slow or even freeze; lower num_workers if it does.",
                   UserWarning, stacklevel=stacklevel + 1)
 
 

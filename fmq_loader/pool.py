@@ -161,6 +161,7 @@ class ProducerPool:
         self.results = Queue(0, num_slabs=max_outstanding + extra_slabs, ctx=ctx)
         self._task_pipes = []
         self.workers = []
+        self.workers_handed_out = False  # an iterator's _workers gave the Process objects away
         self._closed = False
         # Map-style tasks go on one shared board that idle workers read; the
         # control words let the main process bound prefetching without a syscall.
@@ -195,8 +196,9 @@ class ProducerPool:
             self.close()
             raise
 
-    def start(self) -> None:
-        """Start the worker processes (once; a no-op after that).
+    def start(self, base_seed: int = 0) -> None:
+        """Start the worker processes (once; a no-op after that), seeded as torch seeds its
+        workers: ``base_seed + worker_id`` (the first epoch's base seed; seeding.py).
 
         The loader publishes a map-style epoch's first tasks before it calls this,
         so the first worker forked begins its first sample at once instead of
@@ -215,7 +217,7 @@ class ProducerPool:
                 spec = WorkerSpec(wid, self.num_workers, dataset, auto_collation, collate_fn,
                                   drop_last, batch_size, worker_init_fn, reader,
                                   self.results, iterable, None if iterable else self._board_r,
-                                  self._board_lock, self.control, self.worker_stats)
+                                  self._board_lock, self.control, self.worker_stats, base_seed)
                 proc = self._ctx.Process(target=run_worker, args=(spec,), name=f"fmq-worker-{wid}",
                                          daemon=True)
                 # A Ctrl-C during the start is raised when the block ends: by then the
@@ -243,9 +245,11 @@ class ProducerPool:
             self.close()
             raise
 
-    def reseed(self, base_seed: int, epoch: int | None = None) -> None:
-        """Start an epoch in every worker: seed ``base_seed + worker_id``; ``epoch`` for set_epoch."""
-        message = pickle.dumps(Reseed(base_seed, epoch), _PROTOCOL)
+    def reseed(self, base_seed: int, epoch: int | None = None,
+               shared_seed: int | None = None) -> None:
+        """Start an epoch in every worker: seed ``base_seed + worker_id``; ``epoch`` for
+        set_epoch; ``shared_seed`` for an IterDataPipe's random pipes (datapipes.py)."""
+        message = pickle.dumps(Reseed(base_seed, epoch, shared_seed), _PROTOCOL)
         for wid in range(len(self._task_pipes)):
             self._send(wid, message)
 
@@ -428,9 +432,13 @@ class ProducerPool:
                         "a crash in native code (decoder, extension); run with num_workers=0 "
                         "to see it in the main process" if -code == signal.SIGSEGV else
                         "something outside the loader sent it")
-                msg = f"worker {wid} (pid {proc.pid}) exited unexpectedly with {name}; {hint}"
+                # torch's wording first, so that code and searches matching it still work
+                msg = (f"DataLoader worker (pid {proc.pid}) is killed by signal: "
+                       f"{signal.strsignal(-code) or name}. fmq worker {wid} exited with {name}; "
+                       f"{hint}")
             else:
-                msg = (f"worker {wid} (pid {proc.pid}) exited unexpectedly with exit code {code}: "
+                msg = (f"DataLoader worker (pid {proc.pid}) exited unexpectedly: fmq worker {wid} "
+                       f"exited with exit code {code}: "
                        "a call to sys.exit() or os._exit() in the dataset or worker_init_fn, or an "
                        "error outside them (such as a 'spawn' worker failing to unpickle the "
                        "dataset: its traceback is on stderr above)")
@@ -470,8 +478,8 @@ class ProducerPool:
                 if proc.is_alive():
                     proc.kill()
                     proc.join(1.0)
-                if proc.exitcode is not None:
-                    proc.close()
+                if proc.exitcode is not None and not self.workers_handed_out:
+                    proc.close()  # (handed out: the caller's, to join() after us; GC frees it)
             for pipe in [*self._task_pipes, self._board_r, self._board_w]:
                 pipe.close()
             self.results.release_shared_memory()  # (6) live views keep their memory

@@ -219,7 +219,7 @@ def _run_trial(cfg: LoaderConfig, dataset, workers: int, prefetch: int, decoder:
     """One trial; returns (Trial or None when it measured too little, facts for messages)."""
     with warnings.catch_warnings():
         # the ladder goes past the core count on purpose: no "more workers than CPUs" warning
-        warnings.filterwarnings("ignore", message=r"num_workers=\d+: more worker processes than")
+        warnings.filterwarnings("ignore", message=r"num_workers=\d+: this DataLoader will create")
         return _measure_trial(cfg, dataset, workers, prefetch, decoder, slice_s, step_s)
 
 

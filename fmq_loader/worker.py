@@ -22,11 +22,12 @@ from time import perf_counter
 
 import numpy as np
 
-from .seeding import sample_seed, seed_everything, seed_sample
+from . import datapipes
+from .seeding import changed_since, rng_snapshot, sample_seed, sample_seeder, seed_worker
 from .stats import BATCHES, BUSY, SAMPLES, SKIPPED, WORKER_FIELDS, batch_size_of
 
 __all__ = ["WorkerSpec", "Task", "Reseed", "Stop", "EndOfData", "WorkerFailure",
-           "WorkerInfo", "get_worker_info", "run_worker", "seed_everything",
+           "WorkerInfo", "get_worker_info", "run_worker",
            "CONSUMED", "MIN_SEQ", "STOP", "BUDGET"]
 
 
@@ -49,6 +50,7 @@ class WorkerSpec:
     board_lock: Any = None
     control: Any = None  # shared int64 words: CONSUMED, MIN_SEQ, STOP, BUDGET
     stats: Any = None  # shared float64 array, WORKER_FIELDS per worker (stats.py)
+    base_seed: int = 0  # the first epoch's: the worker's seed is base_seed + worker_id
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +71,7 @@ class Reseed:
 
     base_seed: int
     epoch: int | None = None
+    shared_seed: int | None = None  # an IterDataPipe's, the same in every worker (datapipes.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,10 +102,14 @@ class WorkerInfo:
     """What ``get_worker_info()`` returns inside a worker: id, num_workers, seed, dataset."""
 
     def __init__(self, id: int, num_workers: int, seed: int, dataset: Any) -> None:
-        self.id = id
-        self.num_workers = num_workers
-        self.seed = seed
-        self.dataset = dataset
+        object.__setattr__(self, "id", id)
+        object.__setattr__(self, "num_workers", num_workers)
+        object.__setattr__(self, "seed", seed)
+        object.__setattr__(self, "dataset", dataset)
+
+    def __setattr__(self, name: str, value: Any) -> None:  # read-only, as torch's WorkerInfo
+        raise RuntimeError(f"Cannot assign attributes to WorkerInfo objects (tried to set "
+                           f"{name!r}); it describes this worker and is read-only")
 
     def __repr__(self) -> str:
         return f"WorkerInfo(id={self.id}, num_workers={self.num_workers}, seed={self.seed})"
@@ -186,24 +193,23 @@ def stop_check(control) -> Callable[[Any, Any], None]:
 
 
 def load_batch(dataset, indices, auto_collation: bool, base_seed: int, position: int,
-               torch_gen=None, each: Callable | None = None):
+               reseed: Callable[[int], None] | None = None, each: Callable | None = None):
     """The samples of one task, each loaded right after seeding it from its epoch position.
 
     ``position`` is the first sample's place in the epoch. Returns the list of
     samples (auto-collation) or ``dataset[indices]`` (``batch_size=None``).
     ``each(k, sample)`` is called after sample ``k`` is loaded (auto-collation).
     Shared by the workers and the ``num_workers=0`` path (see seeding.py).
+    ``reseed(seed)`` seeds the generators (``seeding.sample_seeder``; default: all).
     """
-    if torch_gen is None:
-        import torch
-
-        torch_gen = torch.default_generator
+    if reseed is None:
+        reseed = sample_seeder()
     if not auto_collation:
-        seed_sample(sample_seed(base_seed, position), torch_gen)
+        reseed(sample_seed(base_seed, position))
         return dataset[indices]
     getitems = getattr(dataset, "__getitems__", None)
     if getitems:  # as torch (2.1 and later): the whole batch in one call, when the dataset has it
-        seed_sample(sample_seed(base_seed, position), torch_gen)  # seeded once: it loads them all
+        reseed(sample_seed(base_seed, position))  # seeded once: it loads them all
         samples = getitems(indices)
         if each is not None:
             for k, sample in enumerate(samples):
@@ -211,7 +217,7 @@ def load_batch(dataset, indices, auto_collation: bool, base_seed: int, position:
         return samples
     samples = []
     for k, i in enumerate(indices):
-        seed_sample(sample_seed(base_seed, position + k), torch_gen)
+        reseed(sample_seed(base_seed, position + k))
         samples.append(dataset[i])
         if each is not None:
             each(k, samples[-1])
@@ -253,10 +259,16 @@ def run_worker(spec: WorkerSpec) -> None:
     control = spec.control
     check_stop = stop_check(control)
 
-    _publish_worker_info(spec, 0)
-    if spec.worker_init_fn is not None:
+    # As torch: seeded from base_seed + worker_id, DataPipes sharded, then worker_init_fn.
+    _publish_worker_info(spec, seed_worker(spec.base_seed, spec.worker_id))
+    user_owned = frozenset()  # NOTE [ a generator worker_init_fn seeds is its own ] in seeding.py
+    if spec.worker_init_fn is not None or datapipes.is_datapipe(spec.dataset):
         try:
-            spec.worker_init_fn(spec.worker_id)
+            datapipes.shard(spec.dataset, spec.num_workers, spec.worker_id)
+            if spec.worker_init_fn is not None:
+                before = rng_snapshot()
+                spec.worker_init_fn(spec.worker_id)
+                user_owned = changed_since(before)
         except Exception as exc:
             results.put((-1, spec.worker_id, _failure(spec, exc, "in worker_init_fn")))
             results.close()
@@ -266,7 +278,7 @@ def run_worker(spec: WorkerSpec) -> None:
     assemble = spec.auto_collation and spec.collate_fn is default_collate
     iterator = None
     seed_seen = epoch_seen = epoch = None
-    torch_gen = torch.default_generator
+    reseed = sample_seeder(user_owned)
     row = (None if spec.stats is None else
            np.frombuffer(spec.stats, np.float64)[spec.worker_id * WORKER_FIELDS:][:WORKER_FIELDS])
     while True:
@@ -281,13 +293,12 @@ def run_worker(spec: WorkerSpec) -> None:
             if isinstance(msg, Stop):
                 return
             if isinstance(msg, Reseed):
-                seed = msg.base_seed + spec.worker_id
-                seed_everything(seed)
-                _publish_worker_info(spec, seed)
+                _publish_worker_info(spec, seed_worker(msg.base_seed, spec.worker_id, user_owned))
                 iterator = None
                 try:
                     if msg.epoch is not None:
                         spec.dataset.set_epoch(msg.epoch)
+                    datapipes.apply_seed(spec.dataset, msg.shared_seed)
                     iterator = iter(spec.dataset)
                 except Exception as exc:
                     results.put((-1, spec.worker_id, _failure(spec, exc, "creating the dataset iterator")))
@@ -314,7 +325,7 @@ def run_worker(spec: WorkerSpec) -> None:
                 continue
             if seed_seen != base_seed:
                 seed_seen = base_seed
-                _publish_worker_info(spec, (base_seed + spec.worker_id) % 2**63)
+                _publish_worker_info(spec, base_seed + spec.worker_id)
         else:
             return  # the parent died
         began = perf_counter()
@@ -340,12 +351,12 @@ def run_worker(spec: WorkerSpec) -> None:
                     add(k, sample)
                     check_stop()
                 payload = assembler.finish(load_batch(spec.dataset, indices, True, base_seed,
-                                                      position, torch_gen, each))
+                                                      position, reseed, each))
                 roomy = assembler.roomy  # NOTE [ the join in part 0's slab ] in epoch.py
                 into = assembler.reservation()
             else:
                 payload = load_batch(spec.dataset, indices, spec.auto_collation, base_seed,
-                                     position, torch_gen, check_stop)
+                                     position, reseed, check_stop)
                 if spec.collate_fn is not None:
                     payload = spec.collate_fn(payload)
         except Stopping:

@@ -200,3 +200,74 @@ class IndexDataset(Dataset):
 
     def __getitem__(self, i):
         return i
+
+
+class InitialSeedDataset(Dataset):
+    """Sample ``i``: ``torch.initial_seed()``, one draw each from random, numpy and torch, and
+    the worker's id and seed (-1 outside a worker)."""
+
+    def __init__(self, n: int = 8) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        info = get_worker_info()
+        return (torch.initial_seed(), random.random(), float(np.random.rand()), float(torch.rand(())),
+                info.id if info else -1, info.seed if info else -1)
+
+
+def seed_torch_12345(worker_id: int) -> None:
+    """A worker_init_fn that seeds torch's global generator with a constant."""
+    torch.manual_seed(12345)
+
+
+def seed_numpy_from_torch(worker_id: int) -> None:
+    """The usual worker_init_fn: numpy seeded from the worker's torch seed."""
+    np.random.seed(torch.initial_seed() % 2**32)
+
+
+def record_seeds_in_init(worker_id: int) -> None:
+    """A worker_init_fn that checks what torch documents for it, raising if it does not hold."""
+    info = get_worker_info()
+    ours = fmq_loader.get_worker_info()
+    if info.seed != torch.initial_seed() or ours.seed != info.seed:
+        raise AssertionError(f"worker {worker_id}: get_worker_info().seed {info.seed} / ours "
+                             f"{ours.seed} != torch.initial_seed() {torch.initial_seed()}")
+    try:
+        ours.id = 3999
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("fmq_loader.get_worker_info() could be assigned to")
+
+
+class WorkerSeedDataset(Dataset):
+    """Sample ``i``: (worker id, the worker seed get_worker_info() reports)."""
+
+    def __init__(self, n: int = 8) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        time.sleep(0.01)
+        info = get_worker_info()
+        return (info.id, info.seed)
+
+
+def numbers_pipe(n: int = 10, shuffle: bool = False, shard: bool = True):
+    """An IterDataPipe over ``range(n)``: optionally a shuffler, then a sharding filter."""
+    from torch.utils.data.datapipes.iter import IterableWrapper
+
+    pipe = IterableWrapper(range(n))
+    if shuffle:
+        pipe = pipe.shuffle()
+    return pipe.sharding_filter() if shard else pipe
+
+
+def clone_collate(batch):
+    """A collate_fn that returns the samples cloned, in a list."""
+    return [x.clone() for x in batch]

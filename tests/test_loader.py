@@ -240,7 +240,7 @@ def test_a_worker_that_exits_with_a_nonzero_code_is_reported_though_the_others_d
 
     with FMQLoader(KindDataset(64), batch_size=2, num_workers=2, multiprocessing_context="fork",
                    worker_init_fn=_first_worker_exits_3) as loader:
-        with pytest.raises(WorkerError, match=r"worker 0 \(pid \d+\) exited unexpectedly with exit code 3"):
+        with pytest.raises(WorkerError, match=r"DataLoader worker \(pid \d+\) exited unexpectedly: fmq worker 0 exited with exit code 3"):
             for _ in loader:
                 time.sleep(0.01)
 

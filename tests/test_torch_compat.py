@@ -186,7 +186,8 @@ def test_an_iterable_that_yields_more_than_its_reported_len_warns_as_torch_does(
             assert all(w.filename == __file__ for w in caught)  # points at the loop
             if caught:
                 message = str(caught[0].message)
-                assert "was 4 when len(loader) was called" in message and "5 items" in message
+                assert "was reported to be 4 (when accessing len(dataloader))" in message
+                assert "but 5 samples have been fetched" in message  # torch's phrase
                 assert "get_worker_info()" in message
     assert items[FMQLoader] == items[DataLoader]
     assert counts[FMQLoader] == counts[DataLoader] == (4 if num_workers else 0)

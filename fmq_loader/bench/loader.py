@@ -279,7 +279,7 @@ def sweep(root: str, workers, runs: int, **kw) -> dict:
 
     with warnings.catch_warnings():
         # the sweep goes past the core count on purpose: neither loader's "more workers than CPUs"
-        warnings.filterwarnings("ignore", message=r"num_workers=\d+: more worker processes than")
+        warnings.filterwarnings("ignore", message=r"num_workers=\d+: this DataLoader will create")
         warnings.filterwarnings("ignore", message=r"This DataLoader will create \d+ worker processes")
         return {w: run(root, runs, num_workers=w, **kw) for w in workers}
 
