@@ -123,11 +123,9 @@ class _Epoch:
 
     @property
     def _workers(self) -> list:
-        """The worker processes (``multiprocessing.Process``), under the private name torch's
-        iterator gives them, which some code and tests read. Once handed out, close() reaps
-        them but leaves the objects open, so the caller may still ``join()`` them."""
-        self._pool.workers_handed_out = True
-        return list(self._pool.workers)
+        """The worker processes, under the private name torch's iterator gives them, which
+        some code and tests read (``pool.WorkerProcess``: they answer after close() too)."""
+        return self._pool.handles()
 
     def _shutdown_workers(self) -> None:
         """Stop this iterator's workers now, under the private name torch's iterator gives

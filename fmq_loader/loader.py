@@ -707,8 +707,7 @@ class _PersistentWorkers:
 
     @property
     def _workers(self) -> list:
-        self._pool.workers_handed_out = True  # see _Epoch._workers
-        return list(self._pool.workers)
+        return self._pool.handles()
 
     def _shutdown_workers(self) -> None:
         self._loader._shutdown_pool(self._pool)

@@ -161,7 +161,7 @@ class ProducerPool:
         self.results = Queue(0, num_slabs=max_outstanding + extra_slabs, ctx=ctx)
         self._task_pipes = []
         self.workers = []
-        self.workers_handed_out = False  # an iterator's _workers gave the Process objects away
+        self.exit_codes: dict[int, int] = {}  # pid -> exit code of each worker close() reaped
         self._closed = False
         # Map-style tasks go on one shared board that idle workers read; the
         # control words let the main process bound prefetching without a syscall.
@@ -333,6 +333,10 @@ class ProducerPool:
                     pass
             pool.results.release_shared_memory()
 
+    def handles(self) -> list["WorkerProcess"]:
+        """The workers as ``WorkerProcess`` objects (what an iterator's ``_workers`` gives)."""
+        return [WorkerProcess(self, proc, pid) for proc, pid in zip(self.workers, self.pids)]
+
     @property
     def closed(self) -> bool:
         """close() was called."""
@@ -478,8 +482,46 @@ class ProducerPool:
                 if proc.is_alive():
                     proc.kill()
                     proc.join(1.0)
-                if proc.exitcode is not None and not self.workers_handed_out:
-                    proc.close()  # (handed out: the caller's, to join() after us; GC frees it)
+                if proc.exitcode is not None:
+                    self.exit_codes[proc.pid] = proc.exitcode  # (WorkerProcess reads it)
+                    proc.close()
             for pipe in [*self._task_pipes, self._board_r, self._board_w]:
                 pipe.close()
             self.results.release_shared_memory()  # (6) live views keep their memory
+
+
+class WorkerProcess:
+    """One worker as torch's iterator's ``_workers`` hands it out: ``multiprocessing.Process``'s
+    ``pid``, ``name``, ``exitcode``, ``is_alive()``, ``join()``, ``terminate()`` and ``kill()``,
+    still answering after the pool's ``close()`` reaped and closed the process (a closed
+    ``Process`` raises "process object is closed" on all of them; code written for torch
+    joins its workers after the iterator is gone)."""
+
+    def __init__(self, pool: ProducerPool, proc, pid: int) -> None:
+        self._pool, self._proc = pool, proc
+        self.pid, self.name = pid, proc.name  # (a closed Process raises on .pid)
+
+    def _reaped(self) -> bool:
+        return self.pid in self._pool.exit_codes
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._pool.exit_codes[self.pid] if self._reaped() else self._proc.exitcode
+
+    def is_alive(self) -> bool:
+        return not self._reaped() and self._proc.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        if not self._reaped():
+            self._proc.join(timeout)
+
+    def terminate(self) -> None:
+        if not self._reaped():
+            self._proc.terminate()
+
+    def kill(self) -> None:
+        if not self._reaped():
+            self._proc.kill()
+
+    def __repr__(self) -> str:
+        return f"<WorkerProcess {self.name} pid={self.pid} exitcode={self.exitcode}>"

@@ -193,3 +193,17 @@ def test_workers_handed_out_can_be_joined_after_close_and_iterator_can_be_droppe
     with pytest.raises(ValueError, match="only None"):
         loader._iterator = 3
     loader.close()
+
+
+def test_workers_of_a_finished_epoch_answer_like_processes():
+    """torch's suite reads `_workers` after a non-persistent epoch ended (its pool closed):
+    join(), is_alive() and exitcode must still answer (a closed Process raises)."""
+    loader = FMQLoader(IndexDataset(4), batch_size=2, num_workers=2)
+    it = iter(loader)
+    assert len(list(it)) == 2
+    workers = it._workers
+    for w in workers:
+        w.join(10)
+        assert not w.is_alive() and w.exitcode == 0
+        w.terminate()
+    assert "exitcode=0" in repr(workers[0])
