@@ -10,6 +10,10 @@ same crop parameters (same seed):
   crop allows (NOTE [ reduced-scale decoding ] in decode.py), with the Pillow decoder and,
   when installed, simplejpeg.
 
+Image sets (bench/imagesets.py): ``photo`` (photo-like 500x375), ``photo-1600`` (1600x1200)
+and ``skimage`` (crops of real photographs, with scikit-image installed); the table names
+each set with its files' size and bits per pixel.
+
 Each figure is the median of ``--runs`` passes over the files (after one warm-up pass).
 Run: ``python -m fmq_loader.bench.images [--quick]`` (``--quick`` finishes in well under
 a minute).
@@ -33,11 +37,11 @@ from PIL import Image
 from fmq_loader import transforms as T
 from fmq_loader.datasets import ImageFolder
 from fmq_loader.decode import fast_decoder_available
-from fmq_loader.synth import make_dataset
+from fmq_loader.bench.imagesets import IMAGE_SETS, describe, prepare
 
 __all__ = ["main", "run"]
 
-SIZES = ((500, 375), (1000, 750))
+SETS = ("photo", "photo-1600", "skimage")  # skimage only where scikit-image is installed
 CROP = 224
 
 
@@ -73,39 +77,45 @@ def _time_passes(fn, n_images: int, runs: int) -> float:
     return statistics.median(rates)
 
 
-def run(root: str, per_class: int, runs: int, seed: int = 0, out=sys.stdout) -> list[dict]:
-    """Generate the datasets under ``root`` (if missing), time every pipeline, print a table.
+def run(root: str, per_class: int, runs: int, seed: int = 0, out=sys.stdout,
+        sets=SETS) -> list[dict]:
+    """Generate the image sets under ``root`` (if missing), time every pipeline, print a table.
 
     Args:
         root: folder for the generated datasets (reused when already there).
-        per_class: images per class (4 classes) for each size.
+        per_class: images per set is ``4 * per_class``.
         runs: timed passes per figure; the median is reported.
         seed: dataset and crop seed.
         out: where the table goes.
 
     Returns:
-        one dict per row: size, pipeline, images_per_s, ratio.
+        one dict per row: size (the image set), pipeline, images_per_s, ratio.
     """
     torch.set_num_threads(1)
     transform = T.Compose([T.RandomResizedCrop(CROP), T.RandomHorizontalFlip(), T.PILToTensor()])
     decoders = ["pillow"] + (["simplejpeg"] if fast_decoder_available() else [])
-    rows = []
-    for width, height in SIZES:
-        folder = os.path.join(root, f"{width}x{height}_{per_class}")
-        if not os.path.isdir(folder):
-            make_dataset(folder, classes=4, per_class=per_class, size=(width, height),
-                         seed=seed, progress=False)
+    rows, described = [], []
+    for name in sets:
+        try:
+            folder = prepare(name, 4 * per_class, seed, os.path.join(root, f"{name}_{per_class}"),
+                             progress=False)
+        except ImportError as exc:
+            print(f"skipped image set {name!r}: {exc}", file=out)
+            continue
+        described.append(describe(folder, name))
         datasets = {d: ImageFolder(folder, transform=transform, decoder=d) for d in decoders}
         paths = [p for p, _ in datasets["pillow"].samples]
         n = len(paths)
         plain = _time_passes(lambda: _plain_pipeline(paths, seed), n, runs)
-        rows.append(dict(size=f"{width}x{height}", pipeline="plain Pillow (torchvision-style)",
+        rows.append(dict(size=name, pipeline="plain Pillow (torchvision-style)",
                          images_per_s=plain, ratio=1.0))
         for d in decoders:
             rate = _time_passes(lambda ds=datasets[d]: _our_pipeline(ds, seed), n, runs)
-            rows.append(dict(size=f"{width}x{height}", pipeline=f"fmq_loader, decoder={d}",
+            rows.append(dict(size=name, pipeline=f"fmq_loader, decoder={d}",
                              images_per_s=rate, ratio=rate / plain))
     _print_table(rows, runs, per_class * 4, out)
+    for line in described:
+        print(f"  {line}", file=out)
     return rows
 
 
@@ -113,14 +123,14 @@ def _print_table(rows: list[dict], runs: int, n_images: int, out) -> None:
     cpu = platform.processor() or platform.machine()
     print(f"\nPer-core pipeline: decode -> RandomResizedCrop {CROP} -> flip -> uint8 CHW tensor",
           file=out)
-    print(f"{n_images} JPEGs per size (quality 90), median of {runs} runs, 1 thread; "
+    print(f"{n_images} JPEGs per image set (quality 90), median of {runs} runs, 1 thread; "
           f"{cpu}, Python {platform.python_version()}, torch {torch.__version__}, "
           f"Pillow {Image.__version__}", file=out)
-    header = f"| {'source':<9} | {'pipeline':<34} | {'images/s':>9} | {'vs plain':>8} |"
+    header = f"| {'image set':<10} | {'pipeline':<34} | {'images/s':>9} | {'vs plain':>8} |"
     print(header, file=out)
-    print(f"|{'-' * 11}|{'-' * 36}|{'-' * 10}:|{'-' * 9}:|", file=out)
+    print(f"|{'-' * 12}|{'-' * 36}|{'-' * 10}:|{'-' * 9}:|", file=out)
     for r in rows:
-        print(f"| {r['size']:<9} | {r['pipeline']:<34} | {r['images_per_s']:>9.0f} | "
+        print(f"| {r['size']:<10} | {r['pipeline']:<34} | {r['images_per_s']:>9.0f} | "
               f"{r['ratio']:>7.2f}x |", file=out)
 
 
@@ -138,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="where to generate (and reuse) the datasets; default a temp dir")
     parser.add_argument("--per-class", type=int, default=None,
                         help="images per class, 4 classes (default 50, --quick 10)")
+    parser.add_argument("--sets", default=",".join(SETS),
+                        help=f"comma-separated image sets, of {sorted(IMAGE_SETS)} "
+                             f"(default {','.join(SETS)}; skimage needs scikit-image)")
     parser.add_argument("--runs", type=int, default=None,
                         help="timed passes per figure (default 5, --quick 3)")
     args = parser.parse_args(argv)
@@ -145,11 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.runs or (3 if args.quick else 5)
     if per_class < 1 or runs < 1:
         parser.error(f"--per-class and --runs must be >= 1, got {per_class} and {runs}")
+    sets = [name.strip() for name in args.sets.split(",") if name.strip()]
+    unknown = [name for name in sets if name not in IMAGE_SETS]
+    if unknown or not sets:
+        parser.error(f"--sets: unknown image set(s) {unknown}; choose from {sorted(IMAGE_SETS)}")
     if args.dir is not None:
-        run(args.dir, per_class, runs)
+        run(args.dir, per_class, runs, sets=sets)
     else:
         with tempfile.TemporaryDirectory(prefix="fmq_bench_images_") as tmp:
-            run(tmp, per_class, runs)
+            run(tmp, per_class, runs, sets=sets)
     return 0
 
 

@@ -3,7 +3,10 @@
 Both loaders read the *same* user Dataset (``PlainJPEGDataset``: Pillow decode ->
 random-resized-crop 224 -> flip -> uint8 CHW tensor, written the way a
 torchvision user would, without fmq_loader's decoder), batch 64, 2 workers,
-persistent workers, 2 epochs, on a generated folder of ~500x375 JPEGs.
+persistent workers, 2 epochs, on a generated image set (``--images-set``, default
+``photo``: ~500x375 JPEGs calibrated to photos; ``photo-1600`` for 1600x1200 phone-size
+photos, ``skimage`` for crops of real photographs; see bench/imagesets.py). The report
+names the set, its files' size and bits per pixel.
 
 Reported per loader (medians over ``--runs`` runs, alternating loaders):
 images/s over both epochs; main-process CPU per batch (median and mean of the
@@ -37,12 +40,13 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 
 import numpy as np
 import torch
 from PIL import Image
+
+from fmq_loader.bench.imagesets import IMAGE_SETS, describe, prepare
 
 __all__ = ["PlainJPEGDataset", "main", "run", "sweep"]
 
@@ -270,6 +274,8 @@ def report(res: dict) -> str:
         lines.append(f"{label:34} {fmt.format(t):>17} {fmt.format(f):>11} {ratio:>9.2f}x")
     runs = res["runs"]
     lines.append(f"({res['images']} images, {'one run' if runs == 1 else f'medians of {runs} runs'})")
+    if "image_set" in res:
+        lines.append(f"image set: {res['image_set']}")
     return "\n".join(lines)
 
 
@@ -284,7 +290,7 @@ def sweep(root: str, workers, runs: int, **kw) -> dict:
         return {w: run(root, runs, num_workers=w, **kw) for w in workers}
 
 
-def _plot(args, root: str, workers) -> int:
+def _plot(args, root: str, workers, images_line: str) -> int:
     import platform
 
     from fmq_loader.bench.plot import plot_workers
@@ -300,10 +306,9 @@ def _plot(args, root: str, workers) -> int:
         for w in workers:
             t, f = series["torch DataLoader"][w], series["FMQLoader"][w]
             print(f"{w:>11} {t:>17.0f} {f:>10.0f} {f / t if t else float('nan'):>9.2f}x")
-    images = next(iter(res.values()))["images"]
     pipeline = "FMQLoader + ImageFolder" if args.fmq_pipeline == "imagefolder" else "same Dataset"
     note = (f"{os.cpu_count()} cores ({platform.machine()}), Python {platform.python_version()}, "
-            f"torch {torch.__version__}; {images} JPEGs 500x375 -> 224, batch {args.batch_size}, "
+            f"torch {torch.__version__}; {images_line} -> 224, batch {args.batch_size}, "
             f"{pipeline}; median of {args.runs} run(s)\n"
             f"python -m fmq_loader.bench loader --plot FILE.png --workers {args.workers}"
             + (f" --fmq-pipeline {args.fmq_pipeline}" if args.fmq_pipeline != "plain" else ""))
@@ -314,7 +319,11 @@ def _plot(args, root: str, workers) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m fmq_loader.bench loader", description=__doc__.split("\n")[0])
-    p.add_argument("--root", help="image folder (default: generate one under the temp dir)")
+    p.add_argument("--root", help="image folder (default: generate --images-set under the temp dir)")
+    p.add_argument("--images-set", default="photo", choices=sorted(IMAGE_SETS),
+                   help="which images to generate (default photo: photo-like 500x375, ~4.6 "
+                        "bits/pixel; photo-1600: 1600x1200; skimage: real photographs, needs "
+                        "scikit-image; simple: the old easy images)")
     p.add_argument("--images", type=int, default=1280, help="images to generate (default 1280)")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64)
@@ -352,19 +361,20 @@ def main(argv=None) -> int:
         args.images, args.runs = 640, 1
     root = args.root
     if root is None:
-        from fmq_loader.synth import make_dataset
-
-        root = os.path.join(tempfile.gettempdir(), f"fmq_bench_jpegs_{args.images}")
-        if not os.path.isdir(root):
-            make_dataset(root, classes=10, per_class=args.images // 10, size=(500, 375), progress=True)
+        try:
+            root = prepare(args.images_set, args.images)
+        except ImportError as exc:
+            p.error(str(exc))
+    images_line = describe(root, None if args.root else args.images_set)
     if args.soak:
         for row in soak(root, args.soak, args.batch_size, args.num_workers):
             print("epoch %3d  main RSS %6.1f MiB  open fds %3d  slabs %5.1f MiB" % row)
         return 0
     if args.plot:
-        return _plot(args, root, workers)
+        return _plot(args, root, workers, images_line)
     res = run(root, args.runs, args.batch_size, args.num_workers, ctx=args.context,
               fmq_pipeline=args.fmq_pipeline, decoder=args.decoder)
+    res["image_set"] = images_line
     print(json.dumps(res, indent=2) if args.json else report(res))
     return 0
 
