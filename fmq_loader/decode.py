@@ -6,9 +6,25 @@ Everything here returns a ``PIL.Image.Image`` in mode ``"RGB"``; transforms and
 - ``"pillow"``: every format Pillow reads (JPEG, PNG, WebP, BMP, GIF first frame, TIFF, ...).
 - ``"simplejpeg"``: libjpeg-turbo called directly, JPEG only (``pip install "fmq-loader[fast]"``).
   Non-JPEG data, CMYK/YCCK JPEGs and JPEGs it rejects fall back to Pillow.
+- ``"turbo"``: our C extension ``fmq_loader._jpegregion`` (built at install where
+  libjpeg-turbo's headers are; setup.py), for crops: NOTE [ region decoding ]. Whole
+  images, and JPEGs it does not take (CMYK/YCCK, EXIF-rotated, corrupt or truncated),
+  go to simplejpeg or Pillow.
 
-``decoder="auto"`` (the default) uses simplejpeg for JPEGs when it is installed, Pillow
-otherwise.
+``decoder="auto"`` (the default) uses the region decoder for crops of JPEGs when it is
+built, simplejpeg for other JPEG decodes when it is installed, and Pillow otherwise.
+
+NOTE [ region decoding ]
+A crop (RandomResizedCrop, Resize's whole-image box) of a JPEG is decoded by
+``_jpegregion.decode``: at the reduced scale below, only the rows of the crop (the rows
+above it are skipped with ``jpeg_skip_scanlines``, which still entropy-decodes them but
+does no IDCT, upsampling or colour conversion; decoding stops after its last row) and
+only its columns widened to iMCU boundaries (``jpeg_crop_scanline``), straight into one
+buffer that numpy and torch view without a copy. Its pixels are bit-identical to
+Pillow's decode of the same region at the same scale (both libjpeg-turbo, ISLOW IDCT,
+fancy upsampling; checked in ``tests/test_decode.py``). A RandomResizedCrop of a
+1000x750 photo-like JPEG: 1.8 ms for a 300x300 crop against 3.1 ms for the whole image
+(2026-12-05, 2-core dev VM).
 
 NOTE [ reduced-scale decoding ]
 A JPEG can be decoded at 1/2, 1/4 or 1/8 scale inside the IDCT, which cuts decode work
@@ -49,6 +65,11 @@ try:  # optional fast decoder
 except ImportError:  # pragma: no cover - depends on the environment
     _simplejpeg = None
 
+try:  # our optional C extension (setup.py builds it where libjpeg-turbo's headers are)
+    from fmq_loader import _jpegregion
+except ImportError:  # pragma: no cover - depends on the build
+    _jpegregion = None
+
 __all__ = [
     "DECODERS",
     "DecodeError",
@@ -58,7 +79,7 @@ __all__ = [
     "to_rgb",
 ]
 
-DECODERS = ("auto", "pillow", "simplejpeg")
+DECODERS = ("auto", "pillow", "simplejpeg", "turbo")
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _ORIENTATION_TAG = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}
@@ -86,6 +107,11 @@ def fast_decoder_available() -> bool:
     return _simplejpeg is not None
 
 
+def region_decoder_available() -> bool:
+    """Return True when the C region decoder (``decoder="turbo"``) was built."""
+    return _jpegregion is not None
+
+
 def check_decoder(decoder: str) -> str:
     """Validate a decoder name.
 
@@ -104,6 +130,11 @@ def check_decoder(decoder: str) -> str:
     if decoder == "simplejpeg" and _simplejpeg is None:
         raise ValueError("decoder 'simplejpeg' needs the simplejpeg package, got it not "
                          "installed; pip install 'fmq-loader[fast]' or use decoder='pillow'")
+    if decoder == "turbo" and _jpegregion is None:
+        raise ValueError("decoder 'turbo' needs the C extension fmq_loader._jpegregion, got it "
+                         "not built (no libjpeg-turbo headers when fmq-loader was installed: "
+                         "apt-get install libjpeg62-turbo-dev, then reinstall); or use "
+                         "decoder='auto'")
     return decoder
 
 
@@ -284,6 +315,13 @@ class EncodedImage:
         scale = 1
         if self._is_jpeg:
             scale = _pick_scale(box[2] - box[0], box[3] - box[1], size)
+            if _jpegregion is not None and self.decoder in ("auto", "turbo"):
+                self.size  # noqa: B018 - reads the header and orientation once
+                if self._orientation == 1:
+                    try:
+                        return self._decode_region_turbo(box, scale)
+                    except ValueError:  # CMYK, corrupt, truncated: the others decide
+                        pass
         pixels, fx, fy = self._decode_scaled(scale)
         if isinstance(pixels, Image.Image):
             width, height = pixels.size
@@ -291,6 +329,21 @@ class EncodedImage:
             height, width = pixels.shape[:2]
         scaled = (max(0.0, box[0] * fx), max(0.0, box[1] * fy),
                   min(float(width), box[2] * fx), min(float(height), box[3] * fy))
+        return pixels, scaled
+
+
+    def _decode_region_turbo(self, box, scale: int):
+        """NOTE [ region decoding ]: (HxWx3 array of a region covering ``box`` at 1/scale,
+        ``box`` in that array's coordinates)."""
+        f = 1.0 / scale
+        left, top = int(box[0] * f), int(box[1] * f)  # floor: box >= 0
+        right, bottom = -int(-box[2] * f // 1), -int(-box[3] * f // 1)  # ceil
+        buf, width, height, x0, y0 = _jpegregion.decode(self.data, scale, left, top, right,
+                                                        bottom)
+        pixels = np.frombuffer(buf, np.uint8).reshape(height, width, 3)
+        scaled = (min(float(width), max(0.0, box[0] * f - x0)),
+                  min(float(height), max(0.0, box[1] * f - y0)),
+                  min(float(width), box[2] * f - x0), min(float(height), box[3] * f - y0))
         return pixels, scaled
 
 

@@ -125,5 +125,127 @@ def test_decode_error_survives_pickling_with_its_path():
 
 
 def test_unknown_decoder_is_rejected_with_the_choices():
-    with pytest.raises(ValueError, match=r"decoder must be one of .* got 'turbo'"):
-        decode(b"", decoder="turbo")
+    with pytest.raises(ValueError, match=r"decoder must be one of .* got 'nvjpeg'"):
+        decode(b"", decoder="nvjpeg")
+
+
+# -- the C region decoder (NOTE [ region decoding ] in decode.py) --------------------------
+
+def test_the_region_decoder_is_built_where_libjpeg_headers_are():
+    """setup.py builds it when libjpeg-turbo's headers are installed; a silent build
+    failure would leave every crop on the slower decoders."""
+    import os
+
+    from fmq_loader.decode import region_decoder_available
+
+    if not os.path.exists("/usr/include/jpeglib.h"):
+        pytest.skip("no libjpeg headers on this machine")
+    assert region_decoder_available()
+
+
+needs_region = pytest.mark.skipif(
+    not __import__("fmq_loader.decode", fromlist=["x"]).region_decoder_available(),
+    reason="fmq_loader._jpegregion not built")
+
+
+def _pillow_region(data: bytes, scale: int, box):
+    im = Image.open(__import__("io").BytesIO(data))
+    if scale > 1:
+        im.draft("RGB", (im.width // scale, im.height // scale))
+    return np.asarray(im.convert("RGB"))[box[1]:box[3], box[0]:box[2]]
+
+
+@needs_region
+@pytest.mark.parametrize("subsampling", [0, 1, 2])  # 4:4:4, 4:2:2, 4:2:0
+@pytest.mark.parametrize("scale", [1, 2, 4, 8])
+@pytest.mark.parametrize("box", [(0, 0, 1, 1), (37, 21, 161, 99), (100, 0, 241, 180),
+                                 (0, 150, 240, 180), (0, 0, 240, 180)])
+def test_region_pixels_are_pillows_bit_for_bit(scale, subsampling, box):
+    from fmq_loader import _jpegregion
+
+    data = encode(photo((241, 181), seed=3), quality=90, subsampling=subsampling)
+    sbox = (box[0] // scale, box[1] // scale, max(box[0] // scale + 1, box[2] // scale),
+            max(box[1] // scale + 1, box[3] // scale))
+    buf, w, h, x0, y0 = _jpegregion.decode(data, scale, *sbox)
+    got = np.frombuffer(buf, np.uint8).reshape(h, w, 3)
+    assert y0 == sbox[1] and h == sbox[3] - sbox[1] and x0 <= sbox[0] and x0 + w >= sbox[2]
+    expected = _pillow_region(data, scale, sbox)
+    np.testing.assert_array_equal(got[:, sbox[0] - x0:sbox[2] - x0], expected)
+
+
+@needs_region
+def test_grayscale_and_progressive_jpegs_take_the_region_path_and_match_pillow():
+    from fmq_loader import _jpegregion
+
+    for data in (encode(photo((120, 90)).convert("L")),
+                 encode(photo((120, 90)), progressive=True, quality=85)):
+        buf, w, h, x0, y0 = _jpegregion.decode(data, 1, 10, 20, 90, 70)
+        got = np.frombuffer(buf, np.uint8).reshape(h, w, 3)[:, 10 - x0:90 - x0]
+        np.testing.assert_array_equal(got, _pillow_region(data, 1, (10, 20, 90, 70)))
+
+
+@needs_region
+@pytest.mark.parametrize("make,reason", [
+    (lambda: encode(photo((64, 48)).convert("CMYK")), "colour space"),
+    (lambda: encode(photo((64, 48)))[:900], "Premature end"),
+    (lambda: b"GIF89a not a jpeg", "Not a JPEG"),
+])
+def test_region_decoder_refuses_what_it_does_not_handle_with_a_value_error(make, reason):
+    from fmq_loader import _jpegregion
+
+    with pytest.raises(ValueError, match=reason):
+        _jpegregion.decode(make(), 1, 0, 0, 64, 48)
+    with pytest.raises(ValueError, match="scale must be 1, 2, 4 or 8, got 3"):
+        _jpegregion.decode(encode(photo()), 3, 0, 0, 8, 8)
+
+
+@needs_region
+def test_crops_fall_back_to_pillow_for_cmyk_and_exif_rotated_jpegs(tmp_path):
+    """decode_region gives the same pixels through the fallback as Pillow does."""
+    from fmq_loader.decode import EncodedImage
+
+    cmyk = encode(photo((80, 60)).convert("CMYK"))
+    pixels, box = EncodedImage(cmyk, decoder="auto").decode_region((10, 10, 50, 40), (40, 30))
+    expected = np.asarray(Image.open(__import__("io").BytesIO(cmyk)).convert("RGB"))
+    np.testing.assert_array_equal(np.asarray(pixels), expected)
+    assert box == (10, 10, 50, 40)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees
+    rotated = encode(photo((80, 60)), exif=exif)
+    image = EncodedImage(rotated, decoder="turbo", exif_transpose=True)
+    pixels, box = image.decode_region((0, 0, 60, 80), (30, 40))
+    assert (np.asarray(pixels).shape[:2] if isinstance(pixels, np.ndarray)
+            else pixels.size[::-1]) == (80, 60)
+
+
+@needs_region
+def test_a_random_resized_crop_through_the_region_decoder_equals_the_pillow_decoders():
+    """Same transform, same seed, decoder 'turbo' against 'pillow': identical tensors at
+    full scale (the region is bit-identical, the resize the same); at reduced scale within
+    a level on average (Pillow's draft maps a 375-row side to 94 rows as 94/375, the
+    region decoder as the exact 1/4, so the boxes differ by a fraction of a pixel)."""
+    import random
+
+    from fmq_loader import transforms as T
+    from fmq_loader.decode import EncodedImage
+
+    data = encode(photo((500, 375), seed=5), quality=90)
+    for size, exact in ((224, True), (64, False)):
+        crop = T.Compose([T.RandomResizedCrop(size), T.PILToTensor()])
+        for seed in range(20):
+            outs = []
+            for decoder in ("turbo", "pillow"):
+                with T.use_rng(random.Random(seed)):
+                    outs.append(crop(EncodedImage(data, decoder=decoder)))
+            assert outs[0].shape == (3, size, size)
+            if exact:
+                assert torch_equal(outs[0], outs[1]), f"seed {seed}"
+            else:
+                diff = (outs[0].float() - outs[1].float()).abs()
+                assert diff.mean() < 1.0, f"seed {seed}: mean {diff.mean():.2f}"
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))

@@ -7,8 +7,9 @@ same crop parameters (same seed):
   open -> convert("RGB") -> crop -> resize 224 (bilinear) -> flip -> uint8 CHW tensor.
 - ours: ``ImageFolder`` with ``Compose([RandomResizedCrop(224), RandomHorizontalFlip(),
   PILToTensor()])``: crop and resize fused, and JPEGs decoded at reduced scale when the
-  crop allows (NOTE [ reduced-scale decoding ] in decode.py), with the Pillow decoder and,
-  when installed, simplejpeg.
+  crop allows (NOTE [ reduced-scale decoding ] in decode.py), with the Pillow decoder,
+  simplejpeg when installed, and the C region decoder when built (decoder "turbo":
+  only the crop's rows and columns; NOTE [ region decoding ]).
 
 Image sets (bench/imagesets.py): ``photo`` (photo-like 500x375), ``photo-1600`` (1600x1200)
 and ``skimage`` (crops of real photographs, with scikit-image installed); the table names
@@ -36,7 +37,7 @@ from PIL import Image
 
 from fmq_loader import transforms as T
 from fmq_loader.datasets import ImageFolder
-from fmq_loader.decode import fast_decoder_available
+from fmq_loader.decode import fast_decoder_available, region_decoder_available
 from fmq_loader.bench.imagesets import IMAGE_SETS, describe, prepare
 
 __all__ = ["main", "run"]
@@ -93,7 +94,8 @@ def run(root: str, per_class: int, runs: int, seed: int = 0, out=sys.stdout,
     """
     torch.set_num_threads(1)
     transform = T.Compose([T.RandomResizedCrop(CROP), T.RandomHorizontalFlip(), T.PILToTensor()])
-    decoders = ["pillow"] + (["simplejpeg"] if fast_decoder_available() else [])
+    decoders = (["pillow"] + (["simplejpeg"] if fast_decoder_available() else [])
+                + (["turbo"] if region_decoder_available() else []))
     rows, described = [], []
     for name in sets:
         try:

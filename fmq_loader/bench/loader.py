@@ -333,7 +333,7 @@ def main(argv=None) -> int:
     p.add_argument("--fmq-pipeline", choices=["plain", "imagefolder"], default="plain",
                    help="plain: both loaders read the same user Dataset (default); imagefolder: "
                         "FMQLoader reads fmq_loader.ImageFolder + its transforms, torch the plain one")
-    p.add_argument("--decoder", default="auto", choices=["auto", "pillow", "simplejpeg"],
+    p.add_argument("--decoder", default="auto", choices=["auto", "pillow", "simplejpeg", "turbo"],
                    help="ImageFolder's decoder with --fmq-pipeline imagefolder (default auto)")
     p.add_argument("--soak", type=int, metavar="EPOCHS",
                    help="instead: FMQLoader alone for EPOCHS persistent epochs; print RSS, fds, slab MiB")
