@@ -221,8 +221,9 @@ class DatasetConfig:
                                             "file suffixes to read; null = common image types")
     on_error: str = _f("raise", _choice(("raise", "skip", "warn")),
                        "unreadable image: raise, skip (load the next one) or warn (skip + log)")
-    decoder: str = _f("auto", _choice(("auto", "pillow", "simplejpeg")),
-                      "JPEG decoder; auto = simplejpeg when installed, else Pillow")
+    decoder: str = _f("auto", _choice(("auto", "pillow", "simplejpeg", "turbo")),
+                      "JPEG decoder; auto = the C region decoder (turbo) for crops, simplejpeg "
+                      "when installed, else Pillow")
     exif_transpose: bool = _f(False, _bool, "rotate images upright by their EXIF tag")
     seed: int | None = _f(None, _int(0, none_ok=True),
                           "transform seeds from this, the epoch and the index; null = the "

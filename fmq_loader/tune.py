@@ -320,8 +320,9 @@ def _diagnose(trials: Sequence[Trial], best: Trial, cores: int) -> tuple[str, st
     most = max(t.num_workers for t in trials)
     if best.num_workers < most:
         hint = ("more workers did not help (the cores are busy: other processes count too); "
-                "more cores would, or a faster decoder: `pip install simplejpeg` (with "
-                "dataset.decoder: auto, the default, it is then used)")
+                "more cores would, or a faster decoder: reinstall fmq-loader with libjpeg-turbo's "
+                "headers for the C region decoder, or `pip install simplejpeg` (with "
+                "dataset.decoder: auto, the default, they are then used)")
     else:
         hint = (f"images/s still rose at {most} workers, the most tried; try more with "
                 f"--workers {most},{2 * most}")
