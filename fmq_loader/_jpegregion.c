@@ -71,7 +71,6 @@ static PyObject *decode(PyObject *self, PyObject *args) {
     cinfo.err = jpeg_std_error(&err.pub);
     err.pub.error_exit = on_error;
     err.pub.emit_message = on_message;
-    jpeg_create_decompress(&cinfo);
 
     if (setjmp(err.escape)) {
         if (unlocked != NULL) {  /* the error came from inside the unlocked stretch */
@@ -81,6 +80,7 @@ static PyObject *decode(PyObject *self, PyObject *args) {
         failed = 1;
         goto done;
     }
+    jpeg_create_decompress(&cinfo);  /* after setjmp: it can fail (out of memory) */
     jpeg_mem_src(&cinfo, (const unsigned char *)data.buf, (unsigned long)data.len);
     jpeg_read_header(&cinfo, TRUE);
     if (cinfo.jpeg_color_space != JCS_YCbCr && cinfo.jpeg_color_space != JCS_GRAYSCALE &&
@@ -114,10 +114,23 @@ static PyObject *decode(PyObject *self, PyObject *args) {
     width = (JDIMENSION)(wide_right - wide_left);
     unlocked = PyEval_SaveThread();
     jpeg_start_decompress(&cinfo);
-    if (x0 > 0 || width < cinfo.output_width)
-        jpeg_crop_scanline(&cinfo, &x0, &width);  /* widens to iMCU boundaries */
     PyEval_RestoreThread(unlocked);
     unlocked = NULL;
+    /* A component whose IDCT was scaled up (a reduced-scale decode of, say, 4:1:0
+     * chroma) and that is still upsampled after it gets a wrong row width from
+     * jpeg_crop_scanline in libjpeg-turbo 2.1: pixels inside the crop came out wrong
+     * (up to 29 levels). Such files go to the fallback decoders. */
+    for (int c = 0; c < cinfo.num_components; c++) {
+        jpeg_component_info *comp = &cinfo.comp_info[c];
+        int upsampled = cinfo.max_h_samp_factor * cinfo.min_DCT_scaled_size !=
+                        comp->h_samp_factor * comp->DCT_scaled_size;
+        if (comp->DCT_scaled_size != cinfo.min_DCT_scaled_size && upsampled) {
+            unsupported = 3;
+            goto done;
+        }
+    }
+    if (x0 > 0 || width < cinfo.output_width)
+        jpeg_crop_scanline(&cinfo, &x0, &width);  /* widens to iMCU boundaries */
     out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)rows * width * 3);
     if (out == NULL)
         goto done;
@@ -140,8 +153,11 @@ done:
             PyErr_Format(PyExc_ValueError, "libjpeg: %s", err.message);
         else if (unsupported == 1)
             PyErr_SetString(PyExc_ValueError, "colour space not handled here (CMYK/YCCK)");
-        else
+        else if (unsupported == 2)
             PyErr_SetString(PyExc_ValueError, "the box is empty or outside the image");
+        else
+            PyErr_SetString(PyExc_ValueError, "a sampling layout whose crop libjpeg-turbo 2.1 "
+                            "gets wrong at this scale (e.g. 4:1:0)");
     }
     jpeg_destroy_decompress(&cinfo);  /* also after a longjmp: frees what it allocated */
     PyBuffer_Release(&data);

@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["is_datapipe", "wrap", "draw_shared_seed", "apply_seed", "shard"]
+__all__ = ["is_datapipe", "wrap", "seed_group", "draw_shared_seed", "apply_seed", "shard",
+           "world_and_rank"]
 
 try:
     from torch.utils.data import IterDataPipe, MapDataPipe
@@ -58,17 +59,29 @@ def wrap(dataset: Any, shuffle: bool | None) -> Any:
     return dataset
 
 
-def draw_shared_seed(dataset: Any, generator: torch.Generator | None) -> int | None:
-    """One draw from ``generator`` (or torch's global RNG) for an IterDataPipe, as torch's
-    iterator makes before its base seed; the same value on every rank under
-    ``torch.distributed``. None for anything else (and no draw)."""
-    if not is_iter_datapipe(dataset):
-        return None
-    seed = torch.empty((), dtype=torch.int64).random_(generator=generator)
+def seed_group():
+    """The process group shared seeds are broadcast in: a gloo group of all ranks (the
+    default group may be NCCL-only, and its collectives are the training loop's), as
+    torch's iterator makes one; None without ``torch.distributed``. Every rank must call
+    it at the same point (the loader's first iter())."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        dist.broadcast(seed, src=0)
+        return dist.new_group(backend="gloo")
+    return None
+
+
+def draw_shared_seed(dataset: Any, generator: torch.Generator | None, group=None) -> int | None:
+    """One draw from ``generator`` (or torch's global RNG) for an IterDataPipe, as torch's
+    iterator makes before its base seed; rank 0's value on every rank of ``group``
+    (``seed_group()``). None for anything else (and no draw)."""
+    if not is_iter_datapipe(dataset):
+        return None
+    seed = torch.empty((), dtype=torch.int64).random_(generator=generator)
+    if group is not None:
+        import torch.distributed as dist
+
+        dist.broadcast(seed, src=0, group=group)
     return int(seed.item())
 
 
@@ -81,14 +94,19 @@ def apply_seed(dataset: Any, shared_seed: int | None) -> Any:
     return _graph.apply_random_seed(dataset, rng)
 
 
-def shard(dataset: Any, num_workers: int, worker_id: int) -> None:
-    """Split ``sharding_filter()`` pipes among all loading processes: ``num_workers`` per
-    rank (1 with ``num_workers=0``), times the world size under ``torch.distributed``."""
-    if not is_datapipe(dataset):
-        return
+def world_and_rank() -> tuple[int, int]:
+    """(world size, rank) under an initialised ``torch.distributed``, else (1, 0). Read in the
+    main process: a spawn or forkserver worker has no process group."""
     import torch.distributed as dist
 
-    world, rank = 1, 0
     if dist.is_available() and dist.is_initialized():
-        world, rank = dist.get_world_size(), dist.get_rank()
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def shard(dataset: Any, num_workers: int, worker_id: int, world: int = 1, rank: int = 0) -> None:
+    """Split ``sharding_filter()`` pipes among all loading processes: ``num_workers`` per
+    rank (1 with ``num_workers=0``), times ``world`` ranks (``world_and_rank()``)."""
+    if not is_datapipe(dataset):
+        return
     _graph.apply_sharding(dataset, num_workers * world, worker_id * world + rank)

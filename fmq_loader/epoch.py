@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy.random  # noqa: F401 -- loaded now, not lazily in the middle of an epoch
 
+from . import datapipes
 from .collate import PartsJoin, concat_batches, default_collate, own_rows
 from .pinning import pin
 from .errors import QueueClosed, QueueTimeout, WorkerError
@@ -483,7 +484,14 @@ class PushEpoch(_Epoch):
     def __init__(self, loader: "FMQLoader", pool: "ProducerPool", base_seed: int) -> None:
         super().__init__(loader, pool)
         self.base_seed = base_seed
+        fresh = not pool.workers
         pool.start(base_seed)  # its tasks go to each worker's own pipe, made when the worker starts
+        if fresh:
+            # As torch: a new multi-process iterator draws one more shared seed (in its
+            # _reset), which no worker uses; an IterDataPipe's later epochs then draw as
+            # torch's do (datapipes.py).
+            datapipes.draw_shared_seed(loader.dataset, loader.generator,
+                                       loader._shared_seed_group or None)
         self._budget = pool.budget
         self._active = [True] * self._n
         self._outstanding: dict[int, int] = {}

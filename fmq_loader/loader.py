@@ -246,6 +246,7 @@ class FMQLoader(Generic[T_co]):
         self._iterations = 0
         self._first_base_seed: int | None = None
         self._shared_seed: int | None = None  # an IterDataPipe's, per iterator (datapipes.py)
+        self._shared_seed_group = False  # its broadcast group: not made yet
         self._pool: ProducerPool | None = None
         self._current: weakref.ref | None = None
         self._closed = False
@@ -387,7 +388,10 @@ class FMQLoader(Generic[T_co]):
         """Begin an epoch: its base seed; binds its order and records it in ``_drawn``."""
         resume, self._resume = self._resume, None
         # As torch: an IterDataPipe's iterator first draws the seed its random pipes share.
-        self._shared_seed = datapipes.draw_shared_seed(self.dataset, self.generator)
+        if self._shared_seed_group is False and datapipes.is_iter_datapipe(self.dataset):
+            self._shared_seed_group = datapipes.seed_group()
+        self._shared_seed = datapipes.draw_shared_seed(self.dataset, self.generator,
+                                                       self._shared_seed_group or None)
         if resume is not None:
             self._iterations = resume.iterations
         # With set_epoch the epoch number alone picks the seeds and the loader's own
@@ -430,7 +434,7 @@ class FMQLoader(Generic[T_co]):
         if self.num_workers == 0:
             base_seed = self._draw_base_seed()
             datapipes.apply_seed(self.dataset, self._shared_seed)
-            datapipes.shard(self.dataset, 1, 0)  # across ranks only, as torch
+            datapipes.shard(self.dataset, 1, 0, *datapipes.world_and_rank())  # across ranks only
             if not self._iterable:
                 epoch = _InProcessEpoch(self, base_seed, self._index_sampler, self._drawn)
                 self._track(epoch)

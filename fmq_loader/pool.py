@@ -26,6 +26,7 @@ from multiprocessing import (heap, popen_fork, popen_forkserver,  # noqa: F401
                              popen_spawn_posix, sharedctypes, synchronize)
 
 from .errors import WorkerError
+from .datapipes import world_and_rank
 from .queue import Queue
 from .stealer import FRAME as _FRAME
 from .stats import WORKER_FIELDS, WorkerStats
@@ -217,7 +218,8 @@ class ProducerPool:
                 spec = WorkerSpec(wid, self.num_workers, dataset, auto_collation, collate_fn,
                                   drop_last, batch_size, worker_init_fn, reader,
                                   self.results, iterable, None if iterable else self._board_r,
-                                  self._board_lock, self.control, self.worker_stats, base_seed)
+                                  self._board_lock, self.control, self.worker_stats, base_seed,
+                                  *world_and_rank())
                 proc = self._ctx.Process(target=run_worker, args=(spec,), name=f"fmq-worker-{wid}",
                                          daemon=True)
                 # A Ctrl-C during the start is raised when the block ends: by then the
@@ -468,6 +470,8 @@ class ProducerPool:
                 except (OSError, ValueError):
                     pass
             deadline = time.monotonic() + timeout
+            if self.workers:
+                self._complete_partial_task(deadline)
             for proc in self.workers:  # (4) join with a bound
                 proc.join(max(0.0, deadline - time.monotonic()))
             joined = True
@@ -488,6 +492,24 @@ class ProducerPool:
             for pipe in [*self._task_pipes, self._board_r, self._board_w]:
                 pipe.close()
             self.results.release_shared_memory()  # (6) live views keep their memory
+
+
+    def _complete_partial_task(self, deadline: float) -> None:
+        """In close(): a worker may be blocked inside ``recv_bytes`` on a task that was only
+        partly written (NOTE [ a task larger than the pipe ] in epoch.py); it sees STOP once
+        it has the whole task. Write on while writes go through, up to 20 ms without one,
+        and never past ``deadline``. (It waited the whole grace, then SIGTERM: 1 s.)"""
+        idle_since = None
+        while self._staged and time.monotonic() < deadline:
+            if self.flush():
+                idle_since = None
+                continue
+            now = time.monotonic()
+            if idle_since is None:
+                idle_since = now
+            elif now - idle_since > 0.02:
+                return
+            time.sleep(0.001)
 
 
 class WorkerProcess:

@@ -2,8 +2,8 @@
 
 Worker seeds, as torch's DataLoader: a worker starts with ``random`` and torch
 seeded from ``base_seed + worker_id`` (``torch.initial_seed()`` and
-``get_worker_info().seed`` say that number) and numpy from ``(base_seed,
-worker_id)``, before ``worker_init_fn`` runs.
+``get_worker_info().seed`` say that number) and numpy with the same 128-bit state
+torch gives it, before ``worker_init_fn`` runs: draws there are torch's.
 
 Per-sample seeds, our addition: before it loads the sample at ``position``
 (its place in the epoch's index stream, counted from 0 across batches), a
@@ -88,7 +88,8 @@ def seed_worker(base_seed: int, worker_id: int, skip: frozenset = frozenset()) -
     if "torch" not in skip:
         torch.manual_seed(seed)
     if "numpy" not in skip:
-        np.random.seed(np.random.SeedSequence([base_seed, worker_id]).generate_state(4))
+        # torch's _generate_state(base_seed, worker_id) is this SeedSequence, word for word
+        np.random.seed(np.random.SeedSequence([worker_id, base_seed]).generate_state(4))
     return seed
 
 

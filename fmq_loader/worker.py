@@ -51,6 +51,8 @@ class WorkerSpec:
     control: Any = None  # shared int64 words: CONSUMED, MIN_SEQ, STOP, BUDGET
     stats: Any = None  # shared float64 array, WORKER_FIELDS per worker (stats.py)
     base_seed: int = 0  # the first epoch's: the worker's seed is base_seed + worker_id
+    world_size: int = 1  # torch.distributed's, read in the main process (DataPipe sharding)
+    rank: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,7 +266,8 @@ def run_worker(spec: WorkerSpec) -> None:
     user_owned = frozenset()  # NOTE [ a generator worker_init_fn seeds is its own ] in seeding.py
     if spec.worker_init_fn is not None or datapipes.is_datapipe(spec.dataset):
         try:
-            datapipes.shard(spec.dataset, spec.num_workers, spec.worker_id)
+            datapipes.shard(spec.dataset, spec.num_workers, spec.worker_id, spec.world_size,
+                            spec.rank)
             if spec.worker_init_fn is not None:
                 before = rng_snapshot()
                 spec.worker_init_fn(spec.worker_id)
@@ -306,10 +309,13 @@ def run_worker(spec: WorkerSpec) -> None:
             task_id, indices, room = msg.task_id, msg.indices, 0
         elif spec.board is not None and spec.board in ready:
             with spec.board_lock:
-                if not spec.board.poll():
-                    continue  # another worker took it
-                task_id, base_seed, position, indices, epoch, room = pickle.loads(
-                    spec.board.recv_bytes())
+                try:
+                    if not spec.board.poll():
+                        continue  # another worker took it
+                    message = spec.board.recv_bytes()
+                except (EOFError, OSError):
+                    return  # the board was closed: the pool is gone
+                task_id, base_seed, position, indices, epoch, room = pickle.loads(message)
             if task_id < control[MIN_SEQ]:
                 continue  # the rest of an epoch the user left early
             pause = _BOUND_POLL_MIN_S

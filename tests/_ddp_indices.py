@@ -41,6 +41,19 @@ def main(out_dir: str) -> None:
         for epoch in range(2):
             loader.set_epoch(epoch)
             seen["sampler"].append(torch.cat(list(loader)).tolist())
+    # a sharded, shuffled DataPipe under spawn: the workers have no process group, so the
+    # loader passes them world size and rank (they read 1 and 0 themselves before)
+    from torch.utils.data import DataLoader
+    from torch.utils.data.datapipes.iter import IterableWrapper
+
+    seen["datapipe"] = {}
+    for cls in (DataLoader, FMQLoader):
+        pipe = IterableWrapper(range(N)).shuffle().sharding_filter()
+        loader = cls(pipe, batch_size=None, num_workers=1, multiprocessing_context="spawn",
+                     shuffle=True, generator=torch.Generator().manual_seed(5))
+        seen["datapipe"][cls.__name__] = [int(x) for x in loader]
+        if cls is FMQLoader:
+            loader.close()
     dist.barrier()
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump({"rank": rank, "world": dist.get_world_size(), **seen}, f)

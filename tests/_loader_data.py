@@ -271,3 +271,27 @@ def numbers_pipe(n: int = 10, shuffle: bool = False, shard: bool = True):
 def clone_collate(batch):
     """A collate_fn that returns the samples cloned, in a list."""
     return [x.clone() for x in batch]
+
+
+_INIT_DRAWS = None
+
+
+def draw_in_init(worker_id: int) -> None:
+    """A worker_init_fn that draws once from each generator (kept for InitDrawsDataset)."""
+    global _INIT_DRAWS
+    _INIT_DRAWS = (torch.initial_seed(), random.random(), float(np.random.rand()),
+                   float(torch.rand(())))
+
+
+class InitDrawsDataset(Dataset):
+    """Sample ``i``: (worker id, the draws draw_in_init made in this worker)."""
+
+    def __init__(self, n: int = 8) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        time.sleep(0.01)
+        return (get_worker_info().id,) + _INIT_DRAWS

@@ -249,3 +249,26 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a, b))
+
+
+@needs_region
+def test_a_410_jpeg_is_cropped_exactly_at_full_scale_and_refused_at_reduced_scale():
+    """libjpeg-turbo 2.1's jpeg_crop_scanline gives wrong pixels (up to 29 levels) inside
+    the crop of a 4:1:0 JPEG at reduced scale; the region decoder refuses those, and
+    decode_region falls back to Pillow."""
+    import pathlib
+
+    from fmq_loader import _jpegregion
+    from fmq_loader.decode import EncodedImage
+
+    data = (pathlib.Path(__file__).parent / "data" / "subsampling_410.jpg").read_bytes()
+    buf, w, h, x0, y0 = _jpegregion.decode(data, 1, 10, 10, 50, 40)
+    got = np.frombuffer(buf, np.uint8).reshape(h, w, 3)[:, 10 - x0:50 - x0]
+    np.testing.assert_array_equal(got, _pillow_region(data, 1, (10, 10, 50, 40)))
+    for scale in (2, 4, 8):
+        with pytest.raises(ValueError, match="4:1:0"):
+            _jpegregion.decode(data, scale, 0, 0, 96 // scale, 64 // scale)
+    pixels, box = EncodedImage(data, decoder="auto").decode_region((0, 0, 96, 64), (40, 30))
+    im = Image.open(__import__("io").BytesIO(data))
+    im.draft("RGB", (48, 32))
+    np.testing.assert_array_equal(np.asarray(pixels), np.asarray(im.convert("RGB")))

@@ -49,6 +49,10 @@ def test_torchrun_ranks_are_disjoint_cover_the_dataset_and_repeat(tmp_path):
             shared = set(shards[0]) & set(shards[1])
             merged = [shards[p % WORLD][p // WORLD] for p in range(22)]
             assert len(shared) <= 1 and merged[N:] == merged[:1]  # the one padded index
+    for r in first:  # a sharded DataPipe under spawn: each rank its share, as torch's
+        assert r["datapipe"]["FMQLoader"] == r["datapipe"]["DataLoader"]
+    assert sorted(first[0]["datapipe"]["FMQLoader"] + first[1]["datapipe"]["FMQLoader"]) == \
+        list(range(N))
     orders = [[int(row[0]) for r in first for row in r["distributed"][e]] for e in range(2)]
     assert orders[0] != orders[1]  # distributed=True advances the epoch by itself
     for r in first:  # and orders samples exactly as DistributedSampler with set_epoch does

@@ -34,13 +34,15 @@ def test_a_task_larger_than_the_board_pipe_is_delivered(batch_size, shuffle, num
     assert sorted(torch.cat(seen).tolist()) == list(range(n))
 
 
-def _both(dataset_factory, **kw):
+def _both(dataset_factory, epochs: int = 1, **kw):
     """The flattened elements torch's DataLoader and FMQLoader yield with the same arguments."""
     out = []
     for cls in (torch.utils.data.DataLoader, FMQLoader):
         generator = torch.Generator().manual_seed(7)
         loader = cls(dataset_factory(), generator=generator, **kw)
-        out.append([int(x) for batch in loader for x in batch.reshape(-1)])
+        out.append([int(x) for _ in range(epochs) for batch in loader for x in batch.reshape(-1)])
+        if cls is FMQLoader:
+            loader.close()
     return out
 
 
@@ -55,17 +57,19 @@ def test_a_sharded_datapipe_yields_each_element_once_as_torchs_does(num_workers)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("num_workers,persistent", [(0, False), (2, False), (2, True)])
 @pytest.mark.parametrize("shuffle", [True, False, None])
-def test_shuffle_turns_a_datapipes_shuffler_on_or_off_as_torchs_does(shuffle, num_workers):
-    """shuffle= reaches the pipe's shufflers (True was refused; False still shuffled),
-    and the workers share one seed drawn from the generator, as torch's do."""
-    theirs, ours = _both(lambda: numbers_pipe(20, shuffle=True), batch_size=2,
-                         num_workers=num_workers, shuffle=shuffle)
+def test_shuffle_turns_a_datapipes_shuffler_on_or_off_as_torchs_does(shuffle, num_workers,
+                                                                     persistent):
+    """shuffle= reaches the pipe's shufflers (True was refused; False still shuffled), and
+    the workers share one seed drawn from the generator, as torch's do, epoch after epoch
+    (a new multi-process iterator draws one seed more, which nobody uses)."""
+    theirs, ours = _both(lambda: numbers_pipe(20, shuffle=True), epochs=2, batch_size=2,
+                         num_workers=num_workers, shuffle=shuffle, persistent_workers=persistent)
     assert ours == theirs
-    assert sorted(ours) == list(range(20))
+    assert sorted(ours) == sorted(list(range(20)) * 2)
     if shuffle is False and num_workers == 0:
-        assert ours == list(range(20))
+        assert ours == list(range(20)) * 2
 
 
 def test_worker_seed_is_torchs_inside_worker_init_fn():
@@ -207,3 +211,37 @@ def test_workers_of_a_finished_epoch_answer_like_processes():
         assert not w.is_alive() and w.exitcode == 0
         w.terminate()
     assert "exitcode=0" in repr(workers[0])
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_draws_in_worker_init_fn_are_torchs(method):
+    """Same generator: in worker_init_fn, initial_seed and the first draws of random, numpy
+    and torch are those torch's workers make (numpy's state is torch's _generate_state)."""
+    from _loader_data import InitDrawsDataset, draw_in_init
+
+    seen = {}
+    for cls in (torch.utils.data.DataLoader, FMQLoader):
+        loader = cls(InitDrawsDataset(8), batch_size=None, num_workers=2,
+                     worker_init_fn=draw_in_init, multiprocessing_context=method,
+                     generator=torch.Generator().manual_seed(11))
+        seen[cls] = {int(row[0]): tuple(row[1:]) for row in loader}
+    ours, theirs = seen[FMQLoader], seen[torch.utils.data.DataLoader]
+    assert theirs and set(ours) <= set(theirs)
+    for worker, draws in ours.items():
+        assert draws == theirs[worker], f"worker {worker}"
+
+
+def test_close_completes_a_partly_written_task_so_the_worker_exits_by_itself():
+    """A worker blocked reading the rest of a task larger than the board's pipe used to
+    miss the stop and be terminated after the grace period (exit -SIGTERM)."""
+    import time
+
+    loader = FMQLoader(IndexDataset(900_000), batch_size=300_000, num_workers=1,
+                       collate_fn=len, prefetch_factor=1)
+    it = iter(loader)
+    assert next(it) == 300_000
+    workers = it._workers
+    time.sleep(0.5)  # the worker finishes its next batch and starts reading the one after
+    del it
+    loader.close()
+    assert [w.exitcode for w in workers] == [0]
