@@ -9,7 +9,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 TORCH_PIP_ARGS ?=
 
-.PHONY: demo seed-demo test test-slow test-gpu test-matrix venv clean
+.PHONY: demo seed-demo test test-slow test-gpu test-matrix test-torchvision venv clean
 
 $(STAMP): pyproject.toml setup.py fmq_loader/_jpegregion.c Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -40,5 +40,15 @@ test-gpu: $(STAMP)
 test-matrix: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests/test_exit_matrix.py -m "slow or not slow"
 
+# The torchvision tests (tests/test_tvcompat.py; they skip elsewhere) in a venv of their own:
+# torchvision has no build for the pinned CPU torch 2.13.0, so this one takes torch 2.14.1 and
+# torchvision 0.29.1 (on our machines from local disk; about 5.5 GB installed, a CUDA build).
+TV_VENV ?= .venv-tv
+test-torchvision:
+	test -x $(TV_VENV)/bin/python || $(PYTHON) -m venv $(TV_VENV)
+	$(TV_VENV)/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" $(TORCH_PIP_ARGS)
+	$(TV_VENV)/bin/python -m pip install -q "torch==2.14.1" -e ".[test]"
+	$(TV_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_tvcompat.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(TV_VENV) build *.egg-info

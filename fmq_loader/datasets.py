@@ -40,6 +40,7 @@ import numpy as np
 
 from fmq_loader.decode import DecodeError, EncodedImage, check_decoder, read_bytes
 from fmq_loader.transforms import use_rng
+from fmq_loader.tvcompat import accelerate
 
 __all__ = ["IMG_EXTENSIONS", "ON_ERROR", "ImageFolder"]
 
@@ -146,6 +147,8 @@ class ImageFolder:
                                  or seed < 0):
             raise ValueError(f"seed must be None or an int >= 0, got {seed!r}")
         self.transform, self.target_transform = transform, target_transform
+        # a torchvision Compose is kept as given; its first step runs on the encoded image
+        self._torchvision_head = (transform, accelerate(transform))
         self.on_error = on_error
         self.decoder = check_decoder(decoder)
         self.exif_transpose = bool(exif_transpose)
@@ -268,6 +271,10 @@ class ImageFolder:
         enc = EncodedImage(read_bytes(path), path, self.decoder, self.exif_transpose)
         if transform is None:
             return enc.decode()
+        if self._torchvision_head[0] is not transform:  # assigned since
+            self._torchvision_head = (transform, accelerate(transform))
+        if self._torchvision_head[1] is not None:  # a torchvision Compose: tvcompat.py
+            transform = self._torchvision_head[1]
         if getattr(transform, "accepts_encoded", False):
             return transform(enc)
         return transform(enc.decode())

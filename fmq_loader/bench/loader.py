@@ -27,6 +27,7 @@ run and is not half first-epoch start-up; images/s counts the 2 epochs only.
 
     python -m fmq_loader.bench loader [--quick] [--images N] [--runs R] [--json]
         [--fmq-pipeline imagefolder]   # FMQLoader + ImageFolder against DataLoader + the plain Dataset
+        [--fmq-pipeline torchvision]   # a torchvision user's script, before and after the switch
         [--plot FILE.png --workers 1,2,3,4]   # images/s against num_workers, both loaders, a chart
 """
 
@@ -224,10 +225,30 @@ def _imagefolder(root: str, decoder: str = "auto"):
         [T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.PILToTensor()]))
 
 
+def _torchvision_pair(root: str, decoder: str = "auto"):
+    """A torchvision user's script before and after the one-line switch: torchvision's
+    ImageFolder and fmq_loader's, with the same transforms.v2 Compose (tvcompat.py)."""
+    import torchvision
+    from torchvision.transforms import v2
+
+    from fmq_loader import ImageFolder
+
+    transform = v2.Compose([v2.RandomResizedCrop(224), v2.RandomHorizontalFlip(), v2.ToImage(),
+                            v2.ToDtype(torch.float32, scale=True),
+                            v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    return (torchvision.datasets.ImageFolder(root, transform=transform),
+            ImageFolder(root, transform=transform, decoder=decoder))
+
+
 def run(root: str, runs: int, batch_size: int = 64, num_workers: int = 2, epochs: int = 2,
         ctx: str = "fork", fmq_pipeline: str = "plain", decoder: str = "auto") -> dict:
     plain = PlainJPEGDataset(root)
-    datasets = {"torch": plain, "fmq": plain if fmq_pipeline == "plain" else _imagefolder(root, decoder)}
+    if fmq_pipeline == "torchvision":
+        theirs, ours = _torchvision_pair(root, decoder)
+        datasets = {"torch": theirs, "fmq": ours}
+    else:
+        datasets = {"torch": plain,
+                    "fmq": plain if fmq_pipeline == "plain" else _imagefolder(root, decoder)}
     results: dict[str, list[dict]] = {"torch": [], "fmq": []}
     for _ in range(runs):
         for kind in ("torch", "fmq"):
@@ -330,8 +351,11 @@ def main(argv=None) -> int:
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--context", default="fork", choices=["fork", "spawn", "forkserver"])
     p.add_argument("--quick", action="store_true", help="640 images, 1 run (under a minute)")
-    p.add_argument("--fmq-pipeline", choices=["plain", "imagefolder"], default="plain",
-                   help="plain: both loaders read the same user Dataset (default); imagefolder: "
+    p.add_argument("--fmq-pipeline", choices=["plain", "imagefolder", "torchvision"], default="plain",
+                   help="plain: both loaders read the same user Dataset (default); torchvision: "
+                        "torchvision.datasets.ImageFolder + a transforms.v2 Compose in DataLoader "
+                        "against fmq_loader.ImageFolder + the same Compose in FMQLoader (needs "
+                        "torchvision); imagefolder: "
                         "FMQLoader reads fmq_loader.ImageFolder + its transforms, torch the plain one")
     p.add_argument("--decoder", default="auto", choices=["auto", "pillow", "simplejpeg", "turbo"],
                    help="ImageFolder's decoder with --fmq-pipeline imagefolder (default auto)")
