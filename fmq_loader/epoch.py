@@ -266,7 +266,7 @@ class PullEpoch(_Epoch):
         super().__init__(loader, pool, current)
         self._current = current  # only the current epoch may start the one after it
         self._tasks = iter(loader._index_sampler)
-        self.base_seed = self._base_seed = base_seed
+        self.base_seed = base_seed
         self._dataset_epoch = _dataset_epoch(loader)
         # Place in the epoch of the next task's first sample: it seeds each sample.
         self._position = 0
@@ -366,7 +366,7 @@ class PullEpoch(_Epoch):
                 cuts = [len(indices) * k // self._n for k in range(self._n + 1)]
                 first = None
                 for part in range(self._n):  # part 0 with room for the batch: NOTE below
-                    seq = pool.publish(self._base_seed, position + cuts[part],
+                    seq = pool.publish(self.base_seed, position + cuts[part],
                                        indices[cuts[part]:cuts[part + 1]], self._dataset_epoch,
                                        room=0 if part else len(indices))
                     first = seq if first is None else first
@@ -376,7 +376,7 @@ class PullEpoch(_Epoch):
                                               [indices[cuts[k]:cuts[k + 1]] for k in range(self._n)],
                                               room_in=0)
             else:
-                first = pool.publish(self._base_seed, position, indices, self._dataset_epoch)
+                first = pool.publish(self.base_seed, position, indices, self._dataset_epoch)
                 self._spans[first] = 1
                 self._sizes[first] = len(indices) if self._auto_collation else 1
             self._position += self._sizes[first]

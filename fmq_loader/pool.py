@@ -25,8 +25,8 @@ from typing import Any, Callable
 from multiprocessing import (heap, popen_fork, popen_forkserver,  # noqa: F401
                              popen_spawn_posix, sharedctypes, synchronize)
 
-from .errors import WorkerError
 from .datapipes import world_and_rank
+from .errors import WorkerError
 from .queue import Queue
 from .stealer import FRAME as _FRAME
 from .stats import WORKER_FIELDS, WorkerStats
@@ -492,7 +492,6 @@ class ProducerPool:
             for pipe in [*self._task_pipes, self._board_r, self._board_w]:
                 pipe.close()
             self.results.release_shared_memory()  # (6) live views keep their memory
-
 
     def _complete_partial_task(self, deadline: float) -> None:
         """In close(): a worker may be blocked inside ``recv_bytes`` on a task that was only

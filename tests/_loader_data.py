@@ -189,28 +189,26 @@ class EpochRecordingSampler(torch.utils.data.Sampler):
         self.epochs.append(epoch)
 
 
-class IndexDataset(Dataset):
-    """Sample ``i`` is ``i``: the cheapest map-style dataset there is."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i):
-        return i
-
-
-class InitialSeedDataset(Dataset):
-    """Sample ``i``: ``torch.initial_seed()``, one draw each from random, numpy and torch, and
-    the worker's id and seed (-1 outside a worker)."""
+class Sized(Dataset):
+    """A map-style dataset of ``n`` samples (the small datasets below add __getitem__)."""
 
     def __init__(self, n: int = 8) -> None:
         self.n = n
 
     def __len__(self) -> int:
         return self.n
+
+
+class IndexDataset(Sized):
+    """Sample ``i`` is ``i``: the cheapest map-style dataset there is."""
+
+    def __getitem__(self, i):
+        return i
+
+
+class InitialSeedDataset(Sized):
+    """Sample ``i``: ``torch.initial_seed()``, one draw each from random, numpy and torch, and
+    the worker's id and seed (-1 outside a worker)."""
 
     def __getitem__(self, i):
         info = get_worker_info()
@@ -243,14 +241,8 @@ def record_seeds_in_init(worker_id: int) -> None:
         raise AssertionError("fmq_loader.get_worker_info() could be assigned to")
 
 
-class WorkerSeedDataset(Dataset):
+class WorkerSeedDataset(Sized):
     """Sample ``i``: (worker id, the worker seed get_worker_info() reports)."""
-
-    def __init__(self, n: int = 8) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
 
     def __getitem__(self, i):
         time.sleep(0.01)
@@ -283,14 +275,8 @@ def draw_in_init(worker_id: int) -> None:
                    float(torch.rand(())))
 
 
-class InitDrawsDataset(Dataset):
+class InitDrawsDataset(Sized):
     """Sample ``i``: (worker id, the draws draw_in_init made in this worker)."""
-
-    def __init__(self, n: int = 8) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
 
     def __getitem__(self, i):
         time.sleep(0.01)
