@@ -12,6 +12,8 @@ from .decode import DecodeError
 from .errors import (BatchTooLarge, CollateError, ConfigError, FMQError, ProducersGone,
                      QueueClosed, QueueTimeout, WorkerError)
 from .loader import FMQLoader
+from .packed import PackedImages
+from .packfile import PackError
 from .pool import ProducerPool
 from .queue import Queue
 from .synth import make_dataset
@@ -20,9 +22,9 @@ from .worker import WorkerInfo, get_worker_info
 __version__ = "0.1.0"
 
 __all__ = [
-    "FMQLoader", "ProducerPool", "Queue", "ImageFolder", "make_dataset", "transforms",
+    "FMQLoader", "ProducerPool", "Queue", "ImageFolder", "PackedImages", "make_dataset", "transforms",
     "LoaderConfig", "load_config", "build_from_config",
     "get_worker_info", "WorkerInfo",
     "FMQError", "ConfigError", "BatchTooLarge", "CollateError", "QueueClosed", "QueueTimeout",
-    "ProducersGone", "WorkerError", "DecodeError",
+    "ProducersGone", "WorkerError", "DecodeError", "PackError",
 ]

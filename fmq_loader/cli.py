@@ -1,4 +1,4 @@
-"""The ``fmq-loader`` command line: make-dataset, train, bench, tune, show-config, check-config.
+"""The ``fmq-loader`` command line: make-dataset, train, bench, tune, show-config, check-config, pack.
 
 Each subcommand is a ``_cmd_<name>(args) -> int`` registered in ``_build_parser``. A user
 mistake (bad argument value, unwritable folder) prints one ``fmq-loader: error: ...`` line
@@ -490,6 +490,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override one key (value parsed as YAML); repeatable")
     p.set_defaults(func=_cmd_check_config)
+
+    from fmq_loader.cli_pack import add_parser as add_pack_parser
+
+    add_pack_parser(sub)
     return parser
 
 

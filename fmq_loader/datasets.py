@@ -42,7 +42,7 @@ from fmq_loader.decode import DecodeError, EncodedImage, check_decoder, read_byt
 from fmq_loader.transforms import use_rng
 from fmq_loader.tvcompat import accelerate
 
-__all__ = ["IMG_EXTENSIONS", "ON_ERROR", "ImageFolder"]
+__all__ = ["IMG_EXTENSIONS", "ON_ERROR", "ImageFolder", "TransformedImages"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,124 @@ class _IndexView(Sequence):
         return f"<{self._what} of {len(self)}: [{head}{', ...' if len(self) > 3 else ''}]>"
 
 
-class ImageFolder:
+class TransformedImages:
+    """What ImageFolder and PackedImages share: transform, labels, seeds, ``on_error``.
+
+    A subclass sets ``_targets`` (int64 array) and implements ``_load_image(i)`` (the
+    transformed image of sample ``i``, raising ``DecodeError`` when it cannot be read)
+    and ``_name(i)`` (what messages and ``skipped_paths`` call sample ``i``).
+    """
+
+    _targets: np.ndarray
+
+    def _init_transforms(self, transform, target_transform, on_error: str, decoder: str,
+                         seed) -> None:
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        for name, fn in (("transform", transform), ("target_transform", target_transform)):
+            if fn is not None and not callable(fn):
+                raise ValueError(f"{name} must be callable or None, got {fn!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+                                 or seed < 0):
+            raise ValueError(f"seed must be None or an int >= 0, got {seed!r}")
+        self.transform, self.target_transform = transform, target_transform
+        # a torchvision Compose is kept as given; its first step runs on the encoded image
+        self._torchvision_head = (transform, accelerate(transform))
+        self.on_error = on_error
+        self.decoder = check_decoder(decoder)
+        self.seed = None if seed is None else int(seed)
+        self.epoch = 0
+        self.skipped = 0
+        self.skipped_paths: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+    def _check_index(self, index) -> int:
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral):
+            raise TypeError(f"index must be an int, got {index!r} ({type(index).__name__})")
+        n = len(self._targets)
+        if not -n <= index < n:
+            raise IndexError(f"index must be in [-{n}, {n}), got {index}; "
+                             f"the dataset has {n} samples")
+        return int(index) % n
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch for per-sample seeds (no effect when ``seed`` is None).
+
+        Raises:
+            ValueError: epoch is not an int >= 0.
+        """
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
+            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        self.epoch = int(epoch)
+
+    def sample_rng(self, index: int) -> random.Random | None:
+        """The generator sample ``index`` draws from this epoch, or None without a seed."""
+        if self.seed is None:
+            return None
+        key = f"{self.seed}:{self.epoch}:{index}".encode()
+        return random.Random(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(),
+                                            "little"))
+
+    def _apply_transform(self, img):
+        """Run the transform on an undecoded image (``EncodedImage`` or ``RawImage``)."""
+        transform = self.transform
+        if transform is None:
+            return img.decode()
+        if self._torchvision_head[0] is not transform:  # assigned since
+            self._torchvision_head = (transform, accelerate(transform))
+        if self._torchvision_head[1] is not None:  # a torchvision Compose: tvcompat.py
+            transform = self._torchvision_head[1]
+        if getattr(transform, "accepts_encoded", False):
+            return transform(img)
+        return transform(img.decode())
+
+    def _load(self, i: int):
+        rng = self.sample_rng(i)
+        if rng is None:
+            img = self._load_image(i)
+        else:
+            with use_rng(rng):
+                img = self._load_image(i)
+        target = int(self._targets[i])
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return img, target
+
+    def __getitem__(self, index):
+        """Return (image, label) for ``index``.
+
+        Without a transform the image is an RGB ``PIL.Image``; with one, whatever the
+        transform returns. The label is an int (or target_transform's result).
+
+        Raises:
+            DecodeError: the image cannot be read or decoded and on_error is "raise", or
+                ``MAX_REPLACEMENTS`` consecutive images failed with "skip"/"warn".
+            IndexError: index out of range.
+        """
+        index = self._check_index(index)
+        if self.on_error == "raise":
+            return self._load(index)
+        n = len(self)
+        last = None
+        for attempt in range(min(n, MAX_REPLACEMENTS)):
+            i = (index + attempt) % n
+            try:
+                return self._load(i)
+            except DecodeError as exc:
+                last = exc
+                self.skipped += 1
+                if len(self.skipped_paths) < MAX_RECORDED:
+                    self.skipped_paths.append(self._name(i))
+                if self.on_error == "warn":
+                    logger.warning("skipping sample %d: %s", i, exc)
+        raise DecodeError(f"{min(n, MAX_REPLACEMENTS)} consecutive samples from index {index} "
+                          f"failed to load (on_error={self.on_error!r}); last: {last}; "
+                          "check the dataset", last.path) from last
+
+
+class ImageFolder(TransformedImages):
     """A map-style dataset of images laid out as ``root/<class>/<image>``.
 
     Args:
@@ -137,26 +254,12 @@ class ImageFolder:
                  is_valid_file: Callable[[str], bool] | None = None, allow_empty: bool = False):
         self.root = os.path.abspath(os.fspath(root))
         self.extensions = _check_extensions(extensions)
-        if on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-        for name, fn in (("transform", transform), ("target_transform", target_transform),
-                         ("loader", loader), ("is_valid_file", is_valid_file)):
+        for name, fn in (("loader", loader), ("is_valid_file", is_valid_file)):
             if fn is not None and not callable(fn):
                 raise ValueError(f"{name} must be callable or None, got {fn!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
-                                 or seed < 0):
-            raise ValueError(f"seed must be None or an int >= 0, got {seed!r}")
-        self.transform, self.target_transform = transform, target_transform
-        # a torchvision Compose is kept as given; its first step runs on the encoded image
-        self._torchvision_head = (transform, accelerate(transform))
-        self.on_error = on_error
-        self.decoder = check_decoder(decoder)
+        self._init_transforms(transform, target_transform, on_error, decoder, seed)
         self.exif_transpose = bool(exif_transpose)
-        self.seed = None if seed is None else int(seed)
-        self.epoch = 0
         self.loader = loader
-        self.skipped = 0
-        self.skipped_paths: list[str] = []
         self._build_index(is_valid_file, allow_empty)
 
     # ----------------------------------------------------------------- index
@@ -201,18 +304,6 @@ class ImageFolder:
         self._offsets = np.asarray(offsets, dtype=np.int64)
         self._targets = np.asarray(targets, dtype=np.int64)
 
-    def __len__(self) -> int:
-        return len(self._targets)
-
-    def _check_index(self, index) -> int:
-        if isinstance(index, bool) or not isinstance(index, numbers.Integral):
-            raise TypeError(f"index must be an int, got {index!r} ({type(index).__name__})")
-        n = len(self._targets)
-        if not -n <= index < n:
-            raise IndexError(f"index must be in [-{n}, {n}), got {index}; "
-                             f"the dataset has {n} samples")
-        return int(index) % n
-
     def _path(self, i: int) -> str:
         rel = os.fsdecode(self._blob[self._offsets[i]:self._offsets[i + 1]])
         return os.path.join(self.root, rel)
@@ -228,87 +319,20 @@ class ImageFolder:
         return _IndexView(self, "targets")
 
     # --------------------------------------------------------------- samples
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch for per-sample seeds (no effect when ``seed`` is None).
+    def _name(self, i: int) -> str:
+        return self._path(i)
 
-        Raises:
-            ValueError: epoch is not an int >= 0.
-        """
-        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
-            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
-        self.epoch = int(epoch)
-
-    def sample_rng(self, index: int) -> random.Random | None:
-        """The generator sample ``index`` draws from this epoch, or None without a seed."""
-        if self.seed is None:
-            return None
-        key = f"{self.seed}:{self.epoch}:{index}".encode()
-        return random.Random(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(),
-                                            "little"))
-
-    def _load(self, i: int):
+    def _load_image(self, i: int):
         path = self._path(i)
-        target = int(self._targets[i])
-        rng = self.sample_rng(i)
-        if rng is None:
-            img = self._load_image(path)
-        else:
-            with use_rng(rng):
-                img = self._load_image(path)
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        return img, target
-
-    def _load_image(self, path: str):
-        transform = self.transform
         if self.loader is not None:
             try:
                 img = self.loader(path)
             except (OSError, ValueError, SyntaxError, EOFError) as exc:
                 raise DecodeError(f"{path!r} could not be loaded by {self.loader!r}: "
                                   f"{type(exc).__name__}: {exc}", path) from exc
-            return img if transform is None else transform(img)
-        enc = EncodedImage(read_bytes(path), path, self.decoder, self.exif_transpose)
-        if transform is None:
-            return enc.decode()
-        if self._torchvision_head[0] is not transform:  # assigned since
-            self._torchvision_head = (transform, accelerate(transform))
-        if self._torchvision_head[1] is not None:  # a torchvision Compose: tvcompat.py
-            transform = self._torchvision_head[1]
-        if getattr(transform, "accepts_encoded", False):
-            return transform(enc)
-        return transform(enc.decode())
-
-    def __getitem__(self, index):
-        """Return (image, label) for ``index``.
-
-        Without a transform the image is an RGB ``PIL.Image``; with one, whatever the
-        transform returns. The label is an int (or target_transform's result).
-
-        Raises:
-            DecodeError: the file cannot be read or decoded and on_error is "raise", or
-                ``MAX_REPLACEMENTS`` consecutive files failed with "skip"/"warn".
-            IndexError: index out of range.
-        """
-        index = self._check_index(index)
-        if self.on_error == "raise":
-            return self._load(index)
-        n = len(self)
-        last = None
-        for attempt in range(min(n, MAX_REPLACEMENTS)):
-            i = (index + attempt) % n
-            try:
-                return self._load(i)
-            except DecodeError as exc:
-                last = exc
-                self.skipped += 1
-                if len(self.skipped_paths) < MAX_RECORDED:
-                    self.skipped_paths.append(self._path(i))
-                if self.on_error == "warn":
-                    logger.warning("skipping sample %d: %s", i, exc)
-        raise DecodeError(f"{min(n, MAX_REPLACEMENTS)} consecutive samples from index {index} "
-                          f"failed to load (on_error={self.on_error!r}); last: {last}; "
-                          "check the dataset", last.path) from last
+            return img if self.transform is None else self.transform(img)
+        return self._apply_transform(
+            EncodedImage(read_bytes(path), path, self.decoder, self.exif_transpose))
 
     def __repr__(self) -> str:
         return (f"ImageFolder(root={self.root!r}, {len(self)} samples, {len(self.classes)} "

@@ -77,6 +77,8 @@ __all__ = [
     "DECODERS",
     "DecodeError",
     "EncodedImage",
+    "RawImage",
+    "UNDECODED",
     "decode",
     "fast_decoder_available",
     "to_rgb",
@@ -168,18 +170,23 @@ class EncodedImage:
         decoder: "auto", "pillow" or "simplejpeg" (see the module docstring).
         exif_transpose: apply the EXIF orientation tag, so ``size`` and the pixels are
             upright. Oriented JPEGs are decoded at full scale.
+        size: (width, height) when already known (a packed record's index has it): the
+            header is then not parsed for it. Only without ``exif_transpose``.
     """
 
     __slots__ = ("data", "path", "decoder", "exif_transpose", "_size", "_orientation",
                  "_is_jpeg")
 
     def __init__(self, data: bytes, path: str | None = None, decoder: str = "auto",
-                 exif_transpose: bool = False):
+                 exif_transpose: bool = False, size: tuple[int, int] | None = None):
         self.data = data
         self.path = path
         self.decoder = check_decoder(decoder)
         self.exif_transpose = bool(exif_transpose)
-        self._size: tuple[int, int] | None = None
+        if size is not None and self.exif_transpose:
+            raise ValueError("EncodedImage: a known size cannot be combined with "
+                             "exif_transpose=True (the orientation tag must be read)")
+        self._size: tuple[int, int] | None = size
         self._orientation = 1
         self._is_jpeg = bytes(data[:3]) == _JPEG_MAGIC
 
@@ -348,6 +355,40 @@ class EncodedImage:
                   min(float(height), max(0.0, box[1] * f - y0)),
                   min(float(width), box[2] * f - x0), min(float(height), box[3] * f - y0))
         return pixels, scaled
+
+
+class RawImage:
+    """Decoded uint8 pixels standing in for an ``EncodedImage`` (a raw packed record).
+
+    Transforms treat it as they treat an encoded image: a crop or resize reads the
+    region straight from ``pixels`` (no copy, no PIL image); anything else gets
+    ``decode()``'s RGB ``PIL.Image`` (a copy).
+
+    Args:
+        pixels: HxWx3 uint8 array (may be a read-only view of a memory map).
+        path: where it came from, for messages.
+    """
+
+    __slots__ = ("pixels", "path")
+
+    def __init__(self, pixels: np.ndarray, path: str | None = None):
+        self.pixels, self.path = pixels, path
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.pixels.shape[1]), int(self.pixels.shape[0])
+
+    def decode(self, min_size: tuple[int, int] | None = None) -> Image.Image:
+        return Image.fromarray(np.array(self.pixels), "RGB")
+
+    def decode_region(self, box, size: tuple[int, int]):
+        """(pixels, box clamped to them): the same contract as ``EncodedImage``'s."""
+        width, height = self.size
+        return self.pixels, (max(0.0, box[0]), max(0.0, box[1]), min(float(width), box[2]),
+                             min(float(height), box[3]))
+
+
+UNDECODED = (EncodedImage, RawImage)  # what transforms may receive before decoding
 
 
 def _pick_scale(width: float, height: float, size: tuple[int, int]) -> int:

@@ -4,7 +4,8 @@ Images are RGB ``PIL.Image`` objects until ``ToTensor``/``PILToTensor``; sizes g
 int or an ``(h, w)`` pair, as in torchvision. Crop and resize are one resampling step
 (``Image.resize(size, box=...)``), and the geometric transforms also accept a
 ``fmq_loader.decode.EncodedImage``: they then decode a JPEG at the smallest scale their
-output allows (see NOTE [ reduced-scale decoding ] in decode.py). Each exposes
+output allows (see NOTE [ reduced-scale decoding ] in decode.py); a ``RawImage`` (a raw
+packed record) is cropped straight from its pixels. Each exposes
 ``accepts_encoded = True`` and its ``output_size`` (h, w) (None when it depends on the
 input) for that purpose.
 
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fmq_loader.decode import EncodedImage
+from fmq_loader.decode import UNDECODED
 
 __all__ = [
     "CenterCrop",
@@ -75,16 +76,16 @@ def use_rng(rng: random.Random):
 
 
 def _as_pil(img):
-    """Decode an ``EncodedImage``; pass anything else through."""
-    return img.decode() if isinstance(img, EncodedImage) else img
+    """Decode an ``EncodedImage`` or ``RawImage``; pass anything else through."""
+    return img.decode() if isinstance(img, UNDECODED) else img
 
 
 def _image_size(img) -> tuple[int, int]:
-    """(width, height) of a PIL image or an EncodedImage."""
-    if isinstance(img, (Image.Image, EncodedImage)):
+    """(width, height) of a PIL image, an EncodedImage or a RawImage."""
+    if isinstance(img, (Image.Image, *UNDECODED)):
         return img.size
-    raise TypeError(f"image must be a PIL.Image or EncodedImage, got {type(img).__name__}; "
-                    "put geometric transforms before ToTensor/PILToTensor")
+    raise TypeError(f"image must be a PIL.Image, EncodedImage or RawImage, got "
+                    f"{type(img).__name__}; put geometric transforms before ToTensor/PILToTensor")
 
 
 _TORCH_FILTERS = {Image.Resampling.BILINEAR: "bilinear", Image.Resampling.BICUBIC: "bicubic"}
@@ -127,7 +128,7 @@ def _resized_crop(img, box, size_wh, resample, as_tensor: bool = False):
         a ``PIL.Image``, or a uint8 CHW tensor when ``as_tensor``.
     """
     pixels = img
-    if isinstance(img, EncodedImage):
+    if isinstance(img, UNDECODED):
         pixels, box = img.decode_region(box, size_wh)
     mode = _TORCH_FILTERS.get(resample)
     arr = _pixels_hwc(pixels) if mode is not None else None
@@ -219,7 +220,7 @@ class Compose:
         return None
 
     def __call__(self, img):
-        if isinstance(img, EncodedImage) and not self.accepts_encoded:
+        if isinstance(img, UNDECODED) and not self.accepts_encoded:
             img = img.decode()
         tensor_step = self._tensor_step()
         for k, t in enumerate(self.transforms):

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import torch
 
-from .decode import EncodedImage
+from .decode import UNDECODED
 from .transforms import Resize, _resized_crop
 
 __all__ = ["accelerate", "TorchvisionHead"]
@@ -84,7 +84,7 @@ class TorchvisionHead:
         self.compose, self.head, self.kind, self.filt, self.rest = compose, head, kind, filt, rest
 
     def __call__(self, img):
-        if not isinstance(img, EncodedImage):
+        if not isinstance(img, UNDECODED):
             return self.compose(img)
         width, height = img.size
         if self.kind == "RandomResizedCrop":

@@ -28,6 +28,8 @@ run and is not half first-epoch start-up; images/s counts the 2 epochs only.
     python -m fmq_loader.bench loader [--quick] [--images N] [--runs R] [--json]
         [--fmq-pipeline imagefolder]   # FMQLoader + ImageFolder against DataLoader + the plain Dataset
         [--fmq-pipeline torchvision]   # a torchvision user's script, before and after the switch
+        [--fmq-pipeline packed-jpeg]   # FMQLoader + PackedImages (fmq-loader pack, short side 256;
+        [--fmq-pipeline packed-raw]    #   JPEG or raw records) against DataLoader + the plain Dataset
         [--plot FILE.png --workers 1,2,3,4]   # images/s against num_workers, both loaders, a chart
 """
 
@@ -41,6 +43,7 @@ import os
 import random
 import statistics
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -240,21 +243,41 @@ def _torchvision_pair(root: str, decoder: str = "auto"):
             ImageFolder(root, transform=transform, decoder=decoder))
 
 
+PACKED_PIPELINES = {"packed-jpeg": "jpeg", "packed-raw": "raw"}
+
+
+def _packed(root: str, record_format: str, folder: str, decoder: str = "auto"):
+    """The same job from a pack of ``root`` (short side 256; packed before timing starts)."""
+    from fmq_loader import PackedImages, transforms as T
+    from fmq_loader.pack import PackOptions, pack
+
+    pack(root, folder, PackOptions(short_side=256, record_format=record_format), progress=False)
+    return PackedImages(folder, decoder=decoder, transform=T.Compose(
+        [T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.PILToTensor()]))
+
+
 def run(root: str, runs: int, batch_size: int = 64, num_workers: int = 2, epochs: int = 2,
         ctx: str = "fork", fmq_pipeline: str = "plain", decoder: str = "auto") -> dict:
     plain = PlainJPEGDataset(root)
-    if fmq_pipeline == "torchvision":
-        theirs, ours = _torchvision_pair(root, decoder)
-        datasets = {"torch": theirs, "fmq": ours}
-    else:
-        datasets = {"torch": plain,
-                    "fmq": plain if fmq_pipeline == "plain" else _imagefolder(root, decoder)}
-    results: dict[str, list[dict]] = {"torch": [], "fmq": []}
-    for _ in range(runs):
-        for kind in ("torch", "fmq"):
-            results[kind].append(_one_run(kind, datasets[kind], batch_size, num_workers, epochs, ctx))
-            gc.collect()  # let the finished loader's workers exit before the next one starts
-            time.sleep(1.0)
+    with tempfile.TemporaryDirectory(prefix="fmq_bench_pack_") as tmp:
+        if fmq_pipeline == "torchvision":
+            theirs, ours = _torchvision_pair(root, decoder)
+            datasets = {"torch": theirs, "fmq": ours}
+        elif fmq_pipeline in PACKED_PIPELINES:
+            datasets = {"torch": plain, "fmq": _packed(root, PACKED_PIPELINES[fmq_pipeline],
+                                                       os.path.join(tmp, "pack"), decoder)}
+        else:
+            datasets = {"torch": plain,
+                        "fmq": plain if fmq_pipeline == "plain" else _imagefolder(root, decoder)}
+        results: dict[str, list[dict]] = {"torch": [], "fmq": []}
+        for _ in range(runs):
+            for kind in ("torch", "fmq"):
+                results[kind].append(_one_run(kind, datasets[kind], batch_size, num_workers,
+                                              epochs, ctx))
+                gc.collect()  # let the finished loader's workers exit before the next one starts
+                time.sleep(1.0)
+        if hasattr(datasets["fmq"], "close"):
+            datasets["fmq"].close()
     return {kind: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
             for kind, rs in results.items()} | {"images": len(plain), "runs": runs}
 
@@ -327,7 +350,8 @@ def _plot(args, root: str, workers, images_line: str) -> int:
         for w in workers:
             t, f = series["torch DataLoader"][w], series["FMQLoader"][w]
             print(f"{w:>11} {t:>17.0f} {f:>10.0f} {f / t if t else float('nan'):>9.2f}x")
-    pipeline = "FMQLoader + ImageFolder" if args.fmq_pipeline == "imagefolder" else "same Dataset"
+    pipeline = {"imagefolder": "FMQLoader + ImageFolder", "packed-jpeg": "FMQLoader + PackedImages (jpeg)",
+                "packed-raw": "FMQLoader + PackedImages (raw)"}.get(args.fmq_pipeline, "same Dataset")
     note = (f"{os.cpu_count()} cores ({platform.machine()}), Python {platform.python_version()}, "
             f"torch {torch.__version__}; {images_line} -> 224, batch {args.batch_size}, "
             f"{pipeline}; median of {args.runs} run(s)\n"
@@ -351,12 +375,15 @@ def main(argv=None) -> int:
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--context", default="fork", choices=["fork", "spawn", "forkserver"])
     p.add_argument("--quick", action="store_true", help="640 images, 1 run (under a minute)")
-    p.add_argument("--fmq-pipeline", choices=["plain", "imagefolder", "torchvision"], default="plain",
+    p.add_argument("--fmq-pipeline", default="plain",
+                   choices=["plain", "imagefolder", "torchvision", *PACKED_PIPELINES],
                    help="plain: both loaders read the same user Dataset (default); torchvision: "
                         "torchvision.datasets.ImageFolder + a transforms.v2 Compose in DataLoader "
                         "against fmq_loader.ImageFolder + the same Compose in FMQLoader (needs "
                         "torchvision); imagefolder: "
-                        "FMQLoader reads fmq_loader.ImageFolder + its transforms, torch the plain one")
+                        "FMQLoader reads fmq_loader.ImageFolder + its transforms, torch the plain one; "
+                        "packed-jpeg / packed-raw: FMQLoader reads PackedImages of the same folder "
+                        "(packed first, short side 256, outside the timing), torch the plain one")
     p.add_argument("--decoder", default="auto", choices=["auto", "pillow", "simplejpeg", "turbo"],
                    help="ImageFolder's decoder with --fmq-pipeline imagefolder (default auto)")
     p.add_argument("--soak", type=int, metavar="EPOCHS",
