@@ -14,6 +14,9 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CASES = {
     "train_imagefolder.py": (["--steps", "30", "--batch-size", "16", "--root", "data/t"],
                              r"done: \d+ images/s, data wait \d+\.\d% of loop time, loss"),
+    "train_packed.py": (["--steps", "30", "--batch-size", "16", "--root", "data/p"],
+                        r"loss every 50 steps +folder: [\d. ]+\n +pack: [\d. ]+\n"
+                        r"folder: \d+ images/s.*\n +pack: \d+ images/s, data wait"),
     "minimal_loop.py": ([], r"1 \(16, 3, 64, 64\) \["),
     "custom_dataset.py": ([], r"2048 signals in 16 batches; last batch \(128, 4096\)"),
     "iterable_stream.py": ([], r"1000 records, each exactly once, from 2 workers"),

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -306,3 +308,28 @@ def test_grayscale_cmyk_and_png_sources_are_stored_as_rgb(tmp_path):
             assert img.mode == "RGB" and img.size == (80, 60)
             if i:
                 assert np.abs(np.asarray(img)[:, :, 0] - gray).mean() < 3
+
+
+def test_ctrl_c_leaves_no_complete_looking_pack_and_resume_finishes_it(tmp_path, python):
+    src = image_folder(tmp_path / "src", classes=2, per_class=150, size=(200, 150))
+    out = tmp_path / "out"
+    cmd = [python, "-m", "fmq_loader", "pack", str(src), str(out), "--shard-size", "30KB",
+           "--workers", "2", "--short-side", "150", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out.exists() and any(n.endswith(".fmqpack") for n in os.listdir(out))):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    names = os.listdir(out)
+    assert "meta.json" not in names and not any(n.endswith(".partial") for n in names), names
+    with pytest.raises(PackError, match="no meta.json"):
+        PackedImages(out)
+    done = subprocess.run(cmd + ["--resume", "--verify"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    with PackedImages(out) as packed:
+        assert len(packed) == 300 and list(packed.targets) == [0] * 150 + [1] * 150
