@@ -89,7 +89,7 @@ def test_bench_workers_without_plot_is_a_usage_error(tiny_config, capsys):
 
 @pytest.mark.slow
 def test_bench_loader_plot_end_to_end(tmp_path):
-    """The README chart's command, small: both loaders at 1 and 2 workers."""
+    """The chart command in docs/observability.md, small: both loaders at 1 and 2 workers."""
     pytest.importorskip("matplotlib")
     out = tmp_path / "w.png"
     done = subprocess.run([sys.executable, "-m", "fmq_loader.bench", "loader", "--plot",

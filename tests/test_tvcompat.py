@@ -1,7 +1,7 @@
 """A torchvision user's transforms in fmq_loader.ImageFolder (issue 15): the one-line switch.
 
 These run where torchvision is installed (it is optional, and the CPU torch these machines
-pin has no matching torchvision build: see README "torchvision"); elsewhere they skip.
+pin has no matching torchvision build: see docs/install.md, "torchvision"); elsewhere they skip.
 """
 
 from __future__ import annotations
