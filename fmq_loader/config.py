@@ -323,6 +323,68 @@ def _error(where: str, message: str, *, key: str | None = None) -> ConfigError:
     return err
 
 
+class _DuplicateKey(Exception):
+    """A key written twice in one mapping; raised while constructing it."""
+
+    def __init__(self, mapping: yaml.MappingNode, key, first: int, second: int):
+        super().__init__(key)
+        self.mapping, self.key, self.first, self.second = mapping, key, first, second
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping.
+
+    PyYAML keeps the last value and says nothing, so a second ``num_workers:`` further
+    down a section silently wins. Merge keys (``<<: *base``) still override: only keys
+    written in the mapping itself are compared.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(node, key, seen[key], line)
+                    seen[key] = line
+                except TypeError:  # unhashable: super() reports it with its mark
+                    continue
+        return super().construct_mapping(node, deep)
+
+
+def _node_path(root, target, _seen: set | None = None) -> tuple | None:
+    """The keys and indices leading from ``root`` to the node ``target`` (None: not found)."""
+    if root is target:
+        return ()
+    seen = set() if _seen is None else _seen
+    if id(root) in seen:  # an alias back to an enclosing anchor
+        return None
+    seen.add(id(root))
+    if isinstance(root, yaml.MappingNode):
+        children = [(k.value if isinstance(k, yaml.ScalarNode) else "?", v) for k, v in root.value]
+    elif isinstance(root, yaml.SequenceNode):
+        children = list(enumerate(root.value))
+    else:
+        return None
+    for at, child in children:
+        found = _node_path(child, target, seen)
+        if found is not None:
+            return (at, *found)
+    return None
+
+
+def _dotted(parts: Iterable) -> str:
+    """("dataset", "transforms", 0, "Resize") -> "dataset.transforms[0].Resize"."""
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
 def _read_yaml(path: str) -> tuple[Any, dict[tuple, int]]:
     """Parse with SafeLoader; return the data and {key path: line} for every key and item."""
     try:
@@ -333,12 +395,19 @@ def _read_yaml(path: str) -> tuple[Any, dict[tuple, int]]:
         raise _error(path, f"cannot read config file: {reason}; check the path "
                            "(e.g. configs/default.yaml)") from None
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _StrictLoader(text)
     except yaml.YAMLError as exc:  # the reader rejects control characters up front
         raise _error(path, f"invalid YAML syntax, {exc}") from None
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
+    except _DuplicateKey as dup:
+        key = _dotted([*(_node_path(node, dup.mapping) or ()), str(dup.key)])
+        at = (f"at lines {dup.first} and {dup.second}" if dup.first != dup.second
+              else f"both on line {dup.second}")
+        raise _error(f"{path}:{dup.second}", f"key {key!r} appears twice, {at}; YAML would "
+                                             "silently keep only the second, so delete one "
+                                             "of them", key=key) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         what = exc.problem or ""

@@ -107,6 +107,10 @@ def test_check_config_accepts_the_shipped_configs(capsys):
     (["train"], r"<defaults>: dataset\.root is not set; .*--data DIR"),
     (["bench", "-c", "{noroot}"], r"noroot\.yaml:2: dataset\.root '.*absent' does not exist"),
     (["check-config", "{noroot}"], r"noroot\.yaml:2: dataset\.root '.*absent' does not exist"),
+    (["check-config", "{dup}"], r"dup\.yaml:4: key 'loader\.num_workers' appears twice, at "
+                                r"lines 2 and 4; .*delete one of them"),
+    (["show-config", "{dup}"], r"dup\.yaml:4: key 'loader\.num_workers' appears twice"),
+    (["train", "-c", "{dup}"], r"dup\.yaml:4: key 'loader\.num_workers' appears twice"),
     (["train", "--loader", "jax"], r"argument --loader: invalid choice: 'jax'"),
     (["bench", "--loaders", "fmq,dali"], r"--loaders: must be fmq, torch or fmq,torch"),
     (["train", "--set", "nokey"], r"--set nokey: expected KEY=VALUE"),
@@ -114,7 +118,8 @@ def test_check_config_accepts_the_shipped_configs(capsys):
 def test_user_mistakes_are_one_stderr_line_and_exit_2(tmp_path, capsys, argv, pattern):
     files = {"bad": "loader:\n  num_wokers: 2\n", "syntax": "loader:\n  x: [1\n",
              "range": "loader:\n  batch_size: 0\n",
-             "noroot": f"dataset:\n  root: {tmp_path / 'absent'}\n"}
+             "noroot": f"dataset:\n  root: {tmp_path / 'absent'}\n",
+             "dup": "loader:\n  num_workers: 1\n  batch_size: 4\n  num_workers: 3\n"}
     for name, text in files.items():
         (tmp_path / f"{name}.yaml").write_text(text)
     argv = [a.format(**{n: str(tmp_path / f"{n}.yaml") for n in [*files, "missing"]})

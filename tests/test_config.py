@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,33 @@ def test_wrong_type_or_range_names_key_value_and_expectation(tmp_path, text, pat
 def test_invalid_yaml_syntax_names_file_and_line(tmp_path, text, pattern):
     with pytest.raises(ConfigError, match=pattern):
         load_config(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("text,key,lines", [
+    ("loader:\n  num_workers: 2\n  batch_size: 8\n  num_workers: 4\n", "loader.num_workers",
+     (2, 4)),
+    ("loader:\n  batch_size: 8\nqueue: {}\nloader:\n  num_workers: 1\n", "loader", (1, 4)),
+    ("dataset:\n  transforms:\n    - Resize:\n        size: 32\n        size: 64\n",
+     "dataset.transforms[0].Resize.size", (4, 5)),
+    ("loader: {batch_size: 8, shuffle: true, batch_size: 16}\n", "loader.batch_size", (1, 1)),
+])
+def test_duplicate_key_is_refused_naming_the_key_and_both_lines(tmp_path, text, key, lines):
+    """PyYAML keeps the last of two equal keys without a word; load_config refuses them."""
+    path = write(tmp_path, text)
+    first, second = lines
+    at = f"at lines {first} and {second}" if first != second else f"both on line {first}"
+    with pytest.raises(ConfigError, match=rf"c\.yaml:{second}: key {re.escape(repr(key))} "
+                                          rf"appears twice, {at}; "
+                                          r"YAML would silently keep only the second, so "
+                                          r"delete one of them") as info:
+        load_config(path)
+    assert (info.value.path, info.value.line, info.value.key) == (path, second, key)
+
+
+def test_merge_keys_still_override_without_a_duplicate_error(tmp_path):
+    path = write(tmp_path, "loader:\n  <<: {batch_size: 8, num_workers: 1}\n  batch_size: 16\n")
+    cfg = load_config(path)
+    assert (cfg.loader.batch_size, cfg.loader.num_workers) == (16, 1)
 
 
 def test_python_tags_are_refused_like_safe_load(tmp_path):
