@@ -79,10 +79,15 @@ def _add_config_args(p: argparse.ArgumentParser, positional: bool = False) -> No
                         "--set loader.num_workers=4 --set dataset.on_error=skip")
 
 
-def _load(args: argparse.Namespace, extra: list[str] = ()):
+def _load(args: argparse.Namespace, flags: dict | None = None):
+    """The config with the flags (dotted key -> (value, flag as typed)), then --set."""
     from fmq_loader.config import load_config
 
-    return load_config(args.config, [*extra, *args.overrides])
+    return load_config(args.config, args.overrides, flags=flags)
+
+
+def _data_flag(args: argparse.Namespace) -> dict:
+    return {} if args.data is None else {"dataset.root": (args.data, f"--data {args.data}")}
 
 
 def _dataset(cfg, progress: bool):
@@ -129,10 +134,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from fmq_loader.demo import train
     from fmq_loader.progress import Progress
 
-    extra = [f"train.steps={args.steps}"] if args.steps is not None else []
-    if args.data is not None:
-        extra.append(f"dataset.root={args.data}")
-    cfg = _load(args, extra)
+    flags = _data_flag(args)
+    if args.steps is not None:
+        flags["train.steps"] = (args.steps, f"--steps {args.steps}")
+    cfg = _load(args, flags)
     dataset = _dataset(cfg, progress=not args.no_progress)
     tc = cfg.train
     if tc.threads is not None:
@@ -180,9 +185,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from fmq_loader.demo import time_loader
     from fmq_loader.progress import Progress
 
-    extra = [f"bench.batches={args.batches}"] if args.batches is not None else []
-    if args.data is not None:
-        extra.append(f"dataset.root={args.data}")
+    flags = _data_flag(args)
+    if args.batches is not None:
+        flags["bench.batches"] = (args.batches, f"--batches {args.batches}")
     if args.plot is not None:
         from fmq_loader.bench.plot import PlotUnavailable, require_matplotlib
 
@@ -197,7 +202,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     elif args.workers is not None:
         raise UsageError("--workers is for the --plot sweep; add --plot FILE.png, or set "
                          "one count with --set loader.num_workers=N")
-    cfg = _load(args, extra)
+    cfg = _load(args, flags)
     dataset = _dataset(cfg, progress=not args.no_progress)
     n = cfg.bench.batches
     if args.plot is not None:
@@ -252,8 +257,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     if not 0 <= args.step_ms < args.budget_s * 50:
         raise UsageError(f"--step-ms must be >= 0 and under 1/20 of --budget-s, got "
                          f"{args.step_ms:g}; e.g. --step-ms 50 for a 50 ms training step")
-    extra = [f"dataset.root={args.data}"] if args.data is not None else []
-    cfg = _load(args, extra)
+    cfg = _load(args, _data_flag(args))
     if args.out is not None:
         folder = os.path.dirname(os.path.abspath(args.out))
         if not os.path.isdir(folder):

@@ -312,11 +312,16 @@ def _fields(cls) -> dict[str, dataclasses.Field]:
 
 
 # -- reading -------------------------------------------------------------------------------
+def _overridden(where: str) -> bool:
+    """True when ``where`` names a flag, --set or keyword override rather than a file."""
+    return where.startswith(("--", "override ", "<"))
+
+
 def _error(where: str, message: str, *, key: str | None = None) -> ConfigError:
     """ConfigError("where: message") with .path, .line (None when unknown) and .key."""
     err = ConfigError(f"{where}: {message}")
     m = re.match(r"^(.*?):(\d+)(?::\d+)?$", where)
-    is_file = not where.startswith(("--set ", "override ", "<"))
+    is_file = not _overridden(where)
     err.path = (m.group(1) if m else where) if is_file else None
     err.line = int(m.group(2)) if m and is_file else None
     err.key = key
@@ -475,7 +480,8 @@ def _as_raw(cfg: LoaderConfig) -> dict:
 
 
 def load_config(path_or_mapping: str | os.PathLike | Mapping | LoaderConfig | None = None,
-                overrides: Mapping[str, Any] | Iterable[str] | None = None) -> LoaderConfig:
+                overrides: Mapping[str, Any] | Iterable[str] | None = None, *,
+                flags: Mapping[str, tuple[Any, str]] | None = None) -> LoaderConfig:
     """Read, merge and validate a configuration.
 
     Args:
@@ -483,6 +489,9 @@ def load_config(path_or_mapping: str | os.PathLike | Mapping | LoaderConfig | No
             LoaderConfig (to apply overrides), or None for the defaults.
         overrides: dotted keys and values, ``{"loader.num_workers": 4}``, or strings as
             given to ``--set``: ``["loader.num_workers=4"]`` (values parsed as YAML).
+        flags: values a command-line flag set, applied before ``overrides``: dotted key
+            -> (value, the flag as typed), e.g. ``{"train.steps": (5, "--steps 5")}``;
+            an error about the key names the flag.
 
     Returns:
         a frozen ``LoaderConfig``; keys not given take their defaults.
@@ -515,6 +524,8 @@ def load_config(path_or_mapping: str | os.PathLike | Mapping | LoaderConfig | No
     for at, line in lines.items():
         where[".".join(str(p) for p in at)] = f"{source}:{line}"
     raw = {sec: dict(val) if isinstance(val, Mapping) else val for sec, val in data.items()}
+    for key, (value, flag) in (flags or {}).items():
+        _apply_override(raw, key, value, where, flag)
     if overrides:
         if isinstance(overrides, Mapping):
             items = [(k, v, f"override {k}={v!r}") for k, v in overrides.items()]
@@ -593,22 +604,50 @@ def _validate(raw: dict, source: str, where: dict[str, str]) -> LoaderConfig:
     return cfg
 
 
+def _blame(cfg: LoaderConfig, usual: str, other: str) -> str:
+    """Which of two conflicting keys an error points at: one a flag or override set (the
+    file line the user never touched is not the cause), else one the file set, else
+    ``usual``."""
+    where = dict(cfg.where)
+
+    def rank(key: str) -> int:
+        return 2 if key in where and _overridden(where[key]) else 1 if key in where else 0
+    return other if rank(other) > rank(usual) else usual
+
+
 def _check_combinations(cfg: LoaderConfig) -> None:
+    def origin(key: str) -> str:
+        return dict(cfg.where).get(key, "the default")
+
     ld = cfg.loader
     if ld.num_workers == 0:
         for name in ("prefetch_factor", "persistent_workers", "multiprocessing_context"):
             if getattr(ld, name) not in (None, False):
                 key = f"loader.{name}"
                 off = "false" if name == "persistent_workers" else "null"
+                value = getattr(ld, name)
+                if _blame(cfg, key, "loader.num_workers") != key:
+                    raise _error(cfg.locate("loader.num_workers"), "loader.num_workers=0 "
+                                 f"conflicts with {key}: {_scalar(value)} from "
+                                 f"{origin(key)}, which needs num_workers >= 1; use "
+                                 f"num_workers >= 1, or set {key} to {off} as well",
+                                 key="loader.num_workers")
                 raise _error(cfg.locate(key), f"{key} needs loader.num_workers >= 1, got "
-                             f"{name}={getattr(ld, name)!r} with num_workers=0; set "
+                             f"{name}={value!r} with num_workers=0; set "
                              f"num_workers: 2, or {name}: {off}", key=key)
     if cfg.synth.quality > 95:
         raise _error(cfg.locate("synth.quality"), f"synth.quality must be an int in [1, 95], "
                      f"got {cfg.synth.quality}", key="synth.quality")
-    if cfg.train.warmup_steps >= cfg.train.steps:
+    tr = cfg.train
+    if tr.warmup_steps >= tr.steps:
+        if _blame(cfg, "train.warmup_steps", "train.steps") == "train.steps":
+            raise _error(cfg.locate("train.steps"), f"train.steps must be > "
+                         f"train.warmup_steps, got {tr.steps} with warmup_steps "
+                         f"{tr.warmup_steps} from {origin('train.warmup_steps')}; use "
+                         f"{tr.warmup_steps + 1} steps or more, or lower train.warmup_steps",
+                         key="train.steps")
         raise _error(cfg.locate("train.warmup_steps"), "train.warmup_steps must be < "
-                     f"train.steps, got {cfg.train.warmup_steps} >= {cfg.train.steps}; lower "
+                     f"train.steps, got {tr.warmup_steps} >= {tr.steps}; lower "
                      "warmup_steps or raise steps", key="train.warmup_steps")
 
 

@@ -90,10 +90,45 @@ def test_show_config_prints_a_loadable_config_with_overrides(tiny_config, capsys
     assert load_config(out).loader.batch_size == 7
 
 
+def run_cli(*argv: str, cwd=None) -> subprocess.CompletedProcess:
+    """`python -m fmq_loader ARGV` as a user runs it: its own process, exit code, stdout, stderr."""
+    return subprocess.run([sys.executable, "-m", "fmq_loader", *argv], capture_output=True,
+                          text=True, timeout=120, cwd=cwd)
+
+
 def test_check_config_accepts_the_shipped_configs(capsys):
     paths = [str(p) for p in sorted(CONFIGS.glob("*.yaml"))]
     assert main(["check-config", *paths]) == 0
     assert capsys.readouterr().out.count(": ok (") == len(paths)
+
+
+def test_a_conflict_caused_by_a_flag_names_the_flag_not_the_config_line():
+    """train -c configs/cpu_small.yaml --steps 5 blamed the file's warmup_steps line."""
+    out = run_cli("train", "-c", str(CONFIGS / "cpu_small.yaml"), "--steps", "5", "--no-progress")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert re.fullmatch(r"fmq-loader: error: --steps 5: train\.steps must be > "
+                        r"train\.warmup_steps, got 5 with warmup_steps 10 from "
+                        r".*cpu_small\.yaml:\d+; use 11 steps or more, or lower "
+                        r"train\.warmup_steps\n", out.stderr), out.stderr
+    out = run_cli("train", "-c", str(CONFIGS / "cpu_small.yaml"), "--set",
+                  "loader.num_workers=0", "--no-progress")
+    assert out.returncode == 2
+    assert re.fullmatch(r"fmq-loader: error: --set loader\.num_workers=0: loader\.num_workers=0 "
+                        r"conflicts with loader\.persistent_workers: true from "
+                        r".*cpu_small\.yaml:\d+, which needs num_workers >= 1; .*\n",
+                        out.stderr), out.stderr
+
+
+def test_data_flag_is_a_folder_name_as_typed_and_errors_name_the_flag(tiny_config, tmp_path):
+    """--data 2024 was read as YAML (the int 2024), and errors blamed `--set dataset.root=`."""
+    out = run_cli("bench", "-c", str(tiny_config), "--data", "2024", "--loaders", "fmq",
+                  "--batches", "1", "--json", "--no-progress", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["root"] == str(tmp_path / "2024")  # ImageFolder: absolute
+    out = run_cli("bench", "--data", str(tmp_path / "absent"))
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"fmq-loader: error: --data {tmp_path / 'absent'}: "
+                                 f"dataset.root '{tmp_path / 'absent'}' does not exist"), out.stderr
 
 
 @pytest.mark.parametrize("argv,pattern", [

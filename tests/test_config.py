@@ -205,6 +205,30 @@ def test_bad_overrides_name_the_override(override, pattern):
         load_config(None, [override])
 
 
+def test_a_conflict_an_override_or_flag_caused_points_at_it_not_at_the_file(tmp_path):
+    path = write(tmp_path, "loader:\n  num_workers: 2\n  persistent_workers: true\n"
+                           "train:\n  steps: 100\n  warmup_steps: 10\n")
+    with pytest.raises(ConfigError, match=r"^--set loader\.num_workers=0: loader\.num_workers=0 "
+                                          r"conflicts with loader\.persistent_workers: true "
+                                          r"from .*c\.yaml:3, which needs num_workers >= 1; "
+                                          r"use num_workers >= 1, or set "
+                                          r"loader\.persistent_workers to false as well$") as info:
+        load_config(path, ["loader.num_workers=0"])
+    assert (info.value.path, info.value.line, info.value.key) == (None, None,
+                                                                   "loader.num_workers")
+    with pytest.raises(ConfigError, match=r"^--steps 5: train\.steps must be > "
+                                          r"train\.warmup_steps, got 5 with warmup_steps 10 "
+                                          r"from .*c\.yaml:6; use 11 steps or more"):
+        load_config(path, flags={"train.steps": (5, "--steps 5")})
+    # both from the file, or the dependent key overridden: the dependent key is blamed
+    with pytest.raises(ConfigError, match=r"^--set train\.warmup_steps=200: "
+                                          r"train\.warmup_steps must be < train\.steps"):
+        load_config(path, ["train.warmup_steps=200"])
+    # --set wins over a flag for the same key, as it did when flags were --set items
+    assert load_config(path, ["train.steps=50"],
+                       flags={"train.steps": (5, "--steps 5")}).train.steps == 50
+
+
 def test_missing_dataset_root_points_at_the_key(tmp_path):
     path = write(tmp_path, f"dataset:\n  root: {tmp_path / 'absent'}\n")
     with pytest.raises(ConfigError, match=r"c\.yaml:2: dataset\.root '.*absent' does not exist; "
