@@ -2,7 +2,9 @@
 
 Each subcommand is a ``_cmd_<name>(args) -> int`` registered in ``_build_parser``. A user
 mistake (bad argument value, unwritable folder) prints one ``fmq-loader: error: ...`` line
-on stderr and exits with 2, without a traceback; ``--help`` on each subcommand documents it.
+on stderr (check-config: one per bad file, then a count) and exits with 2, without a
+traceback; ``--help`` on each subcommand documents it. A value a flag such as ``--steps``
+sets is passed to load_config as a flag, so an error it causes names the flag.
 """
 
 from __future__ import annotations
@@ -91,10 +93,10 @@ def _data_flag(args: argparse.Namespace) -> dict:
 
 
 def _dataset(cfg, progress: bool):
-    from fmq_loader.build import build_dataset
+    from fmq_loader.build import build_dataset, check_dataset_root
 
     root = cfg.dataset.root
-    if root is not None and not os.path.exists(root) and cfg.dataset.generate_if_missing:
+    if check_dataset_root(cfg) == "generate":
         s = cfg.synth
         print(f"generating {s.classes * s.per_class} images ({s.classes} classes x "
               f"{s.per_class}, {s.size[0]}x{s.size[1]}) in {root} (dataset.generate_if_missing)",
@@ -362,26 +364,32 @@ def _cmd_show_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
+    """Check every file, as train would read it; one line per file, exit 2 if any failed."""
+    from fmq_loader.build import check_dataset_root
     from fmq_loader.config import load_config
     from fmq_loader.errors import ConfigError
 
+    failed = 0
     for path in args.configs:
-        cfg = load_config(path, args.overrides)
+        try:
+            cfg = load_config(path, args.overrides)
+            action = check_dataset_root(cfg)
+        except ConfigError as exc:
+            failed += 1
+            message = str(exc)
+            if not message.startswith(path):  # e.g. a --set conflict: say which file
+                message = f"{path}: {message}"
+            print(f"{PROG}: error: {message}", file=sys.stderr)
+            continue
         root = cfg.dataset.root
-        note = "dataset.root not set"
-        if root is not None:
-            if os.path.isdir(root):
-                note = f"dataset.root {root} exists"
-            elif cfg.dataset.generate_if_missing:
-                note = f"dataset.root {root} will be generated"
-            else:
-                raise ConfigError(f"{cfg.locate('dataset.root')}: dataset.root {root!r} does "
-                                  f"not exist; create it with `fmq-loader make-dataset {root}`, "
-                                  "or set dataset.generate_if_missing: true")
+        note = (f"dataset.root {root} exists" if action == "exists"
+                else f"dataset.root {root} will be generated")
         ld = cfg.loader
         print(f"{path}: ok (batch_size {ld.batch_size}, num_workers {ld.num_workers}, "
               f"{len(cfg.dataset.transforms)} transforms; {note})")
-    return 0
+    if failed and len(args.configs) > 1:
+        print(f"{PROG}: {failed} of {len(args.configs)} configs failed", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def _loaders(text: str) -> list[str]:
@@ -487,9 +495,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_show_config)
 
     p = sub.add_parser(
-        "check-config", help="validate config files; exit 2 at the first bad key",
-        description="Validate each CONFIG (keys, types, ranges, transforms, and that "
-                    "dataset.root exists unless dataset.generate_if_missing).")
+        "check-config", help="validate config files; exit 2 if any is bad",
+        description="Validate each CONFIG as train, bench and tune read it: keys, types, "
+                    "ranges, transforms, and that dataset.root is set and is a folder, or "
+                    "will be generated (dataset.generate_if_missing). Every file is checked; "
+                    "each bad one gets an error line on stderr.")
     p.add_argument("configs", nargs="+", metavar="CONFIG", help="YAML files")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override one key (value parsed as YAML); repeatable")

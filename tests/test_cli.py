@@ -96,10 +96,56 @@ def run_cli(*argv: str, cwd=None) -> subprocess.CompletedProcess:
                           text=True, timeout=120, cwd=cwd)
 
 
-def test_check_config_accepts_the_shipped_configs(capsys):
-    paths = [str(p) for p in sorted(CONFIGS.glob("*.yaml"))]
+def test_check_config_accepts_the_shipped_configs_that_train_accepts(capsys):
+    paths = [str(p) for p in sorted(CONFIGS.glob("*.yaml")) if p.name != "default.yaml"]
     assert main(["check-config", *paths]) == 0
     assert capsys.readouterr().out.count(": ok (") == len(paths)
+
+
+def test_check_config_checks_every_file_and_reports_each_bad_one(tmp_path):
+    """Issue "What a new user hit": check-config A B C stopped at the first bad file."""
+    good = tmp_path / "good.yaml"
+    good.write_text(f"dataset:\n  root: {tmp_path}\n")
+    bad1 = tmp_path / "bad1.yaml"
+    bad1.write_text("loader:\n  num_wokers: 2\n")
+    bad2 = tmp_path / "bad2.yaml"
+    bad2.write_text("loader:\n  batch_size: 0\n")
+    out = run_cli("check-config", str(bad1), str(good), str(bad2))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stdout.strip() == f"{good}: ok (batch_size 32, num_workers 2, 4 transforms; " \
+                                 f"dataset.root {tmp_path} exists)"
+    errors = out.stderr.strip().splitlines()
+    assert errors[0].startswith(f"fmq-loader: error: {bad1}:2: unknown key 'loader.num_wokers'")
+    assert errors[1].startswith(f"fmq-loader: error: {bad2}:2: loader.batch_size must be an "
+                                "int >= 1, got 0")
+    assert errors[2:] == ["fmq-loader: 2 of 3 configs failed"]
+
+
+def test_check_config_refuses_what_train_refuses_with_the_same_message(tmp_path):
+    """configs/default.yaml sets no dataset.root: check-config said ok, train exited 2."""
+    default = str(CONFIGS / "default.yaml")
+    check = run_cli("check-config", default)
+    train = run_cli("train", "-c", default, "--no-progress")
+    assert check.returncode == train.returncode == 2
+    assert check.stderr == train.stderr
+    assert re.fullmatch(r"fmq-loader: error: .*default\.yaml:\d+: dataset\.root is not set; "
+                        r"set dataset\.root: .*--set dataset\.root=DIR\n", check.stderr)
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    cases = {"file": (f"dataset:\n  root: {afile}\n", r"dataset\.root '.*afile' is not a folder"),
+             "generated": (f"dataset:\n  root: {tmp_path / 'new'}\n  generate_if_missing: true\n",
+                           None),
+             "folder": (f"dataset:\n  root: {tmp_path}\n", None)}
+    for name, (text, refused) in cases.items():
+        (tmp_path / f"{name}.yaml").write_text(text)
+    out = run_cli("check-config", *(str(tmp_path / f"{n}.yaml") for n in cases))
+    assert out.returncode == 2
+    assert re.search(r"file\.yaml:2: " + cases["file"][1], out.stderr), out.stderr
+    assert f"generated.yaml: ok (batch_size 32, num_workers 2, 4 transforms; dataset.root " \
+           f"{tmp_path / 'new'} will be generated)" in out.stdout
+    assert f"folder.yaml: ok (batch_size 32, num_workers 2, 4 transforms; dataset.root " \
+           f"{tmp_path} exists)" in out.stdout
+    assert not (tmp_path / "new").exists()  # checking generates nothing
 
 
 def test_a_conflict_caused_by_a_flag_names_the_flag_not_the_config_line():
