@@ -145,8 +145,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if tc.threads is not None:
         torch.set_num_threads(tc.threads)
     print(_describe(cfg, dataset))
-    print(f"training SmallCNN for {tc.steps} steps on the CPU ({torch.get_num_threads()} "
-          f"torch threads); images/s and data wait exclude the first {tc.warmup_steps} steps")
+    threads = torch.get_num_threads()
+    print(f"training SmallCNN for {tc.steps} steps on the CPU ({threads} torch "
+          f"thread{'' if threads == 1 else 's'}); images/s and data wait exclude the first "
+          f"{tc.warmup_steps} steps")
     kinds = ["fmq", "torch"] if args.loader == "both" else [args.loader]
     results = {}
     for kind in kinds:
@@ -400,8 +402,18 @@ def _loaders(text: str) -> list[str]:
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from fmq_loader import __version__
+
     parser = _Parser(
-        prog=PROG, description="fmq_loader: a fast drop-in torch DataLoader.")
+        prog=PROG, description="fmq_loader: a fast drop-in torch DataLoader.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example (generates a small image folder on first use):\n"
+               "  fmq-loader train --config configs/cpu_small.yaml --loader both\n"
+               "\n"
+               "Configs: see configs/ in the source tree (default.yaml lists every key with "
+               "a comment)\nand `fmq-loader show-config`; more in README.md. Each command "
+               "has its own --help.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 

@@ -45,6 +45,7 @@ def test_train_both_prints_loss_throughput_and_a_side_by_side_table(tiny_config,
                "--json"])
     out = capsys.readouterr().out
     assert rc == 0, out
+    assert "steps on the CPU (1 torch thread);" in out  # train.threads: 1
     assert re.search(r"step +6/6 +loss \d+\.\d+ +\d+\.\d img/s +data wait +\d+\.\d%", out)
     assert re.search(r"FMQLoader +\d+\.\d +\d+\.\d% +\d+\.\d\d s", out)
     assert re.search(r"torch DataLoader +\d+\.\d +\d+\.\d%", out)
@@ -175,6 +176,17 @@ def test_data_flag_is_a_folder_name_as_typed_and_errors_name_the_flag(tiny_confi
     assert out.returncode == 2
     assert out.stderr.startswith(f"fmq-loader: error: --data {tmp_path / 'absent'}: "
                                  f"dataset.root '{tmp_path / 'absent'}' does not exist"), out.stderr
+
+
+def test_version_and_top_level_help():
+    import fmq_loader
+
+    out = run_cli("--version")
+    assert out.returncode == 0 and out.stdout == f"fmq-loader {fmq_loader.__version__}\n"
+    out = run_cli("--help")
+    assert out.returncode == 0
+    assert "fmq-loader train --config configs/cpu_small.yaml" in out.stdout  # an example
+    assert "configs/" in out.stdout and "README.md" in out.stdout
 
 
 @pytest.mark.parametrize("argv,pattern", [
