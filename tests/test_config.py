@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -264,6 +266,31 @@ def test_from_config_applies_validated_keyword_overrides_and_passes_others(tmp_p
     with pytest.raises(ConfigError, match=r"override loader\.num_workers=-2: "
                                           r"loader\.num_workers must be an int >= 0"):
         loader_from_config(dataset, None, num_workers=-2)
+
+
+def test_more_workers_than_cpus_warning_points_at_the_callers_line(tmp_path):
+    """The warning pointed into build.py (build_from_config, from_config) or loader.py (at
+    iter()), not at the line the user wrote."""
+    too_many = len(os.sched_getaffinity(0)) + 1
+    root = image_folder(tmp_path / "d", classes=2, per_class=2, size=(16, 16))
+    cfg = {"loader": {"batch_size": 2, "num_workers": too_many},
+           "dataset": {"root": str(root), "transforms": ["PILToTensor"]}}
+
+    def caught(fn) -> list:
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            fn()
+        got = [w for w in got if "this DataLoader will create" in str(w.message)]
+        assert got, "no num_workers warning"
+        return got
+
+    with contextlib.ExitStack() as stack:
+        loaders: list[FMQLoader] = []
+        warned = caught(lambda: loaders.append(stack.enter_context(build_from_config(cfg))))
+        warned += caught(lambda: loaders.append(stack.enter_context(
+            FMQLoader.from_config(loaders[0].dataset, cfg))))
+        warned += caught(lambda: next(iter(loaders[0])))  # warns again when workers start
+    assert [w.filename for w in warned] == [__file__] * len(warned)
 
 
 def test_from_config_names_the_nearest_keyword_for_a_misspelt_one():
