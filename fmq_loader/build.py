@@ -18,8 +18,8 @@ from .config import _LOADER_KEYS, LoaderConfig, load_config
 from .errors import ConfigError
 from .loader import FMQLoader, _is_iterable_dataset
 
-__all__ = ["build_dataset", "build_from_config", "build_transform", "loader_from_config",
-           "torch_loader_from_config"]
+__all__ = ["build_dataset", "build_from_config", "build_transform", "check_dataset_root",
+           "loader_from_config", "torch_loader_from_config"]
 
 
 def _as_config(config, overrides=None) -> LoaderConfig:
@@ -37,6 +37,40 @@ def build_transform(config) -> Any:
     return T.Compose(steps) if steps else None
 
 
+def check_dataset_root(config, root: str | os.PathLike | None = None) -> str:
+    """Refuse what ``build_dataset`` would refuse about ``dataset.root``, without reading it.
+
+    ``fmq-loader check-config`` calls this too, so it says what ``train`` would refuse.
+
+    Args:
+        config: a LoaderConfig, a YAML path or a mapping.
+        root: the folder to check instead of ``dataset.root``.
+
+    Returns:
+        "exists" (a folder) or "generate" (missing, and ``generate_if_missing`` is true).
+
+    Raises:
+        ConfigError: no root set, root is a file, or root missing and
+            ``generate_if_missing`` false; the message points at ``dataset.root``.
+    """
+    cfg = _as_config(config)
+    where = cfg.locate("dataset.root")
+    root = os.fspath(root) if root is not None else cfg.dataset.root
+    if root is None:
+        raise ConfigError(f"{where}: dataset.root is not set; set dataset.root: data/demo in "
+                          "the config, or pass --data DIR / --set dataset.root=DIR")
+    if os.path.isdir(root):
+        return "exists"
+    if os.path.exists(root):
+        raise ConfigError(f"{where}: dataset.root {root!r} is not a folder; point it at "
+                          "the folder holding one sub-folder per class")
+    if not cfg.dataset.generate_if_missing:
+        raise ConfigError(f"{where}: dataset.root {root!r} does not exist; create it with "
+                          f"`fmq-loader make-dataset {root}`, or set "
+                          "dataset.generate_if_missing: true")
+    return "generate"
+
+
 def build_dataset(config, *, progress: bool = False, root: str | os.PathLike | None = None):
     """An ImageFolder from the ``dataset`` section, generating it first if configured.
 
@@ -46,8 +80,8 @@ def build_dataset(config, *, progress: bool = False, root: str | os.PathLike | N
         root: use this folder instead of ``dataset.root``.
 
     Raises:
-        ConfigError: no root set, root missing (and ``generate_if_missing`` false), or a
-            root that ImageFolder cannot read; the message points at ``dataset.root``.
+        ConfigError: what ``check_dataset_root`` refuses, or a root that ImageFolder
+            cannot read; the message points at ``dataset.root``.
     """
     from .datasets import ImageFolder
     from .synth import make_dataset
@@ -56,17 +90,7 @@ def build_dataset(config, *, progress: bool = False, root: str | os.PathLike | N
     ds = cfg.dataset
     where = cfg.locate("dataset.root")
     root = os.fspath(root) if root is not None else ds.root
-    if root is None:
-        raise ConfigError(f"{where}: dataset.root is not set; set dataset.root: data/demo in "
-                          "the config, or pass --data DIR / --set dataset.root=DIR")
-    if not os.path.isdir(root):
-        if os.path.exists(root):
-            raise ConfigError(f"{where}: dataset.root {root!r} is not a folder; point it at "
-                              "the folder holding one sub-folder per class")
-        if not ds.generate_if_missing:
-            raise ConfigError(f"{where}: dataset.root {root!r} does not exist; create it with "
-                              f"`fmq-loader make-dataset {root}`, or set "
-                              "dataset.generate_if_missing: true")
+    if check_dataset_root(cfg, root) == "generate":
         s = cfg.synth
         try:
             make_dataset(root, classes=s.classes, per_class=s.per_class, size=s.size,

@@ -2,7 +2,9 @@
 
 Each subcommand is a ``_cmd_<name>(args) -> int`` registered in ``_build_parser``. A user
 mistake (bad argument value, unwritable folder) prints one ``fmq-loader: error: ...`` line
-on stderr and exits with 2, without a traceback; ``--help`` on each subcommand documents it.
+on stderr (check-config: one per bad file, then a count) and exits with 2, without a
+traceback; ``--help`` on each subcommand documents it. A value a flag such as ``--steps``
+sets is passed to load_config as a flag, so an error it causes names the flag.
 """
 
 from __future__ import annotations
@@ -79,17 +81,22 @@ def _add_config_args(p: argparse.ArgumentParser, positional: bool = False) -> No
                         "--set loader.num_workers=4 --set dataset.on_error=skip")
 
 
-def _load(args: argparse.Namespace, extra: list[str] = ()):
+def _load(args: argparse.Namespace, flags: dict | None = None):
+    """The config with the flags (dotted key -> (value, flag as typed)), then --set."""
     from fmq_loader.config import load_config
 
-    return load_config(args.config, [*extra, *args.overrides])
+    return load_config(args.config, args.overrides, flags=flags)
+
+
+def _data_flag(args: argparse.Namespace) -> dict:
+    return {} if args.data is None else {"dataset.root": (args.data, f"--data {args.data}")}
 
 
 def _dataset(cfg, progress: bool):
-    from fmq_loader.build import build_dataset
+    from fmq_loader.build import build_dataset, check_dataset_root
 
     root = cfg.dataset.root
-    if root is not None and not os.path.exists(root) and cfg.dataset.generate_if_missing:
+    if check_dataset_root(cfg) == "generate":
         s = cfg.synth
         print(f"generating {s.classes * s.per_class} images ({s.classes} classes x "
               f"{s.per_class}, {s.size[0]}x{s.size[1]}) in {root} (dataset.generate_if_missing)",
@@ -129,17 +136,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from fmq_loader.demo import train
     from fmq_loader.progress import Progress
 
-    extra = [f"train.steps={args.steps}"] if args.steps is not None else []
-    if args.data is not None:
-        extra.append(f"dataset.root={args.data}")
-    cfg = _load(args, extra)
+    flags = _data_flag(args)
+    if args.steps is not None:
+        flags["train.steps"] = (args.steps, f"--steps {args.steps}")
+    cfg = _load(args, flags)
     dataset = _dataset(cfg, progress=not args.no_progress)
     tc = cfg.train
     if tc.threads is not None:
         torch.set_num_threads(tc.threads)
     print(_describe(cfg, dataset))
-    print(f"training SmallCNN for {tc.steps} steps on the CPU ({torch.get_num_threads()} "
-          f"torch threads); images/s and data wait exclude the first {tc.warmup_steps} steps")
+    threads = torch.get_num_threads()
+    print(f"training SmallCNN for {tc.steps} steps on the CPU ({threads} torch "
+          f"thread{'' if threads == 1 else 's'}); images/s and data wait exclude the first "
+          f"{tc.warmup_steps} steps")
     kinds = ["fmq", "torch"] if args.loader == "both" else [args.loader]
     results = {}
     for kind in kinds:
@@ -180,9 +189,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from fmq_loader.demo import time_loader
     from fmq_loader.progress import Progress
 
-    extra = [f"bench.batches={args.batches}"] if args.batches is not None else []
-    if args.data is not None:
-        extra.append(f"dataset.root={args.data}")
+    flags = _data_flag(args)
+    if args.batches is not None:
+        flags["bench.batches"] = (args.batches, f"--batches {args.batches}")
     if args.plot is not None:
         from fmq_loader.bench.plot import PlotUnavailable, require_matplotlib
 
@@ -197,7 +206,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     elif args.workers is not None:
         raise UsageError("--workers is for the --plot sweep; add --plot FILE.png, or set "
                          "one count with --set loader.num_workers=N")
-    cfg = _load(args, extra)
+    cfg = _load(args, flags)
     dataset = _dataset(cfg, progress=not args.no_progress)
     n = cfg.bench.batches
     if args.plot is not None:
@@ -252,8 +261,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     if not 0 <= args.step_ms < args.budget_s * 50:
         raise UsageError(f"--step-ms must be >= 0 and under 1/20 of --budget-s, got "
                          f"{args.step_ms:g}; e.g. --step-ms 50 for a 50 ms training step")
-    extra = [f"dataset.root={args.data}"] if args.data is not None else []
-    cfg = _load(args, extra)
+    cfg = _load(args, _data_flag(args))
     if args.out is not None:
         folder = os.path.dirname(os.path.abspath(args.out))
         if not os.path.isdir(folder):
@@ -358,26 +366,32 @@ def _cmd_show_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
+    """Check every file, as train would read it; one line per file, exit 2 if any failed."""
+    from fmq_loader.build import check_dataset_root
     from fmq_loader.config import load_config
     from fmq_loader.errors import ConfigError
 
+    failed = 0
     for path in args.configs:
-        cfg = load_config(path, args.overrides)
+        try:
+            cfg = load_config(path, args.overrides)
+            action = check_dataset_root(cfg)
+        except ConfigError as exc:
+            failed += 1
+            message = str(exc)
+            if not message.startswith(path):  # e.g. a --set conflict: say which file
+                message = f"{path}: {message}"
+            print(f"{PROG}: error: {message}", file=sys.stderr)
+            continue
         root = cfg.dataset.root
-        note = "dataset.root not set"
-        if root is not None:
-            if os.path.isdir(root):
-                note = f"dataset.root {root} exists"
-            elif cfg.dataset.generate_if_missing:
-                note = f"dataset.root {root} will be generated"
-            else:
-                raise ConfigError(f"{cfg.locate('dataset.root')}: dataset.root {root!r} does "
-                                  f"not exist; create it with `fmq-loader make-dataset {root}`, "
-                                  "or set dataset.generate_if_missing: true")
+        note = (f"dataset.root {root} exists" if action == "exists"
+                else f"dataset.root {root} will be generated")
         ld = cfg.loader
         print(f"{path}: ok (batch_size {ld.batch_size}, num_workers {ld.num_workers}, "
               f"{len(cfg.dataset.transforms)} transforms; {note})")
-    return 0
+    if failed and len(args.configs) > 1:
+        print(f"{PROG}: {failed} of {len(args.configs)} configs failed", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def _loaders(text: str) -> list[str]:
@@ -388,8 +402,18 @@ def _loaders(text: str) -> list[str]:
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from fmq_loader import __version__
+
     parser = _Parser(
-        prog=PROG, description="fmq_loader: a fast drop-in torch DataLoader.")
+        prog=PROG, description="fmq_loader: a fast drop-in torch DataLoader.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example (generates a small image folder on first use):\n"
+               "  fmq-loader train --config configs/cpu_small.yaml --loader both\n"
+               "\n"
+               "Configs: see configs/ in the source tree (default.yaml lists every key with "
+               "a comment)\nand `fmq-loader show-config`; more in README.md. Each command "
+               "has its own --help.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -483,9 +507,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_show_config)
 
     p = sub.add_parser(
-        "check-config", help="validate config files; exit 2 at the first bad key",
-        description="Validate each CONFIG (keys, types, ranges, transforms, and that "
-                    "dataset.root exists unless dataset.generate_if_missing).")
+        "check-config", help="validate config files; exit 2 if any is bad",
+        description="Validate each CONFIG as train, bench and tune read it: keys, types, "
+                    "ranges, transforms, and that dataset.root is set and is a folder, or "
+                    "will be generated (dataset.generate_if_missing). Every file is checked; "
+                    "each bad one gets an error line on stderr.")
     p.add_argument("configs", nargs="+", metavar="CONFIG", help="YAML files")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override one key (value parsed as YAML); repeatable")

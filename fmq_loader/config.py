@@ -312,15 +312,82 @@ def _fields(cls) -> dict[str, dataclasses.Field]:
 
 
 # -- reading -------------------------------------------------------------------------------
+def _overridden(where: str) -> bool:
+    """True when ``where`` names a flag, --set or keyword override rather than a file."""
+    return where.startswith(("--", "override ", "<"))
+
+
 def _error(where: str, message: str, *, key: str | None = None) -> ConfigError:
     """ConfigError("where: message") with .path, .line (None when unknown) and .key."""
     err = ConfigError(f"{where}: {message}")
     m = re.match(r"^(.*?):(\d+)(?::\d+)?$", where)
-    is_file = not where.startswith(("--set ", "override ", "<"))
+    is_file = not _overridden(where)
     err.path = (m.group(1) if m else where) if is_file else None
     err.line = int(m.group(2)) if m and is_file else None
     err.key = key
     return err
+
+
+class _DuplicateKey(Exception):
+    """A key written twice in one mapping; raised while constructing it."""
+
+    def __init__(self, mapping: yaml.MappingNode, key, first: int, second: int):
+        super().__init__(key)
+        self.mapping, self.key, self.first, self.second = mapping, key, first, second
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping.
+
+    PyYAML keeps the last value and says nothing, so a second ``num_workers:`` further
+    down a section silently wins. Merge keys (``<<: *base``) still override: only keys
+    written in the mapping itself are compared.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(node, key, seen[key], line)
+                    seen[key] = line
+                except TypeError:  # unhashable: super() reports it with its mark
+                    continue
+        return super().construct_mapping(node, deep)
+
+
+def _node_path(root, target, _seen: set | None = None) -> tuple | None:
+    """The keys and indices leading from ``root`` to the node ``target`` (None: not found)."""
+    if root is target:
+        return ()
+    seen = set() if _seen is None else _seen
+    if id(root) in seen:  # an alias back to an enclosing anchor
+        return None
+    seen.add(id(root))
+    if isinstance(root, yaml.MappingNode):
+        children = [(k.value if isinstance(k, yaml.ScalarNode) else "?", v) for k, v in root.value]
+    elif isinstance(root, yaml.SequenceNode):
+        children = list(enumerate(root.value))
+    else:
+        return None
+    for at, child in children:
+        found = _node_path(child, target, seen)
+        if found is not None:
+            return (at, *found)
+    return None
+
+
+def _dotted(parts: Iterable) -> str:
+    """("dataset", "transforms", 0, "Resize") -> "dataset.transforms[0].Resize"."""
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
 
 
 def _read_yaml(path: str) -> tuple[Any, dict[tuple, int]]:
@@ -333,12 +400,19 @@ def _read_yaml(path: str) -> tuple[Any, dict[tuple, int]]:
         raise _error(path, f"cannot read config file: {reason}; check the path "
                            "(e.g. configs/default.yaml)") from None
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _StrictLoader(text)
     except yaml.YAMLError as exc:  # the reader rejects control characters up front
         raise _error(path, f"invalid YAML syntax, {exc}") from None
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
+    except _DuplicateKey as dup:
+        key = _dotted([*(_node_path(node, dup.mapping) or ()), str(dup.key)])
+        at = (f"at lines {dup.first} and {dup.second}" if dup.first != dup.second
+              else f"both on line {dup.second}")
+        raise _error(f"{path}:{dup.second}", f"key {key!r} appears twice, {at}; YAML would "
+                                             "silently keep only the second, so delete one "
+                                             "of them", key=key) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         what = exc.problem or ""
@@ -406,7 +480,8 @@ def _as_raw(cfg: LoaderConfig) -> dict:
 
 
 def load_config(path_or_mapping: str | os.PathLike | Mapping | LoaderConfig | None = None,
-                overrides: Mapping[str, Any] | Iterable[str] | None = None) -> LoaderConfig:
+                overrides: Mapping[str, Any] | Iterable[str] | None = None, *,
+                flags: Mapping[str, tuple[Any, str]] | None = None) -> LoaderConfig:
     """Read, merge and validate a configuration.
 
     Args:
@@ -414,6 +489,9 @@ def load_config(path_or_mapping: str | os.PathLike | Mapping | LoaderConfig | No
             LoaderConfig (to apply overrides), or None for the defaults.
         overrides: dotted keys and values, ``{"loader.num_workers": 4}``, or strings as
             given to ``--set``: ``["loader.num_workers=4"]`` (values parsed as YAML).
+        flags: values a command-line flag set, applied before ``overrides``: dotted key
+            -> (value, the flag as typed), e.g. ``{"train.steps": (5, "--steps 5")}``;
+            an error about the key names the flag.
 
     Returns:
         a frozen ``LoaderConfig``; keys not given take their defaults.
@@ -446,6 +524,8 @@ def load_config(path_or_mapping: str | os.PathLike | Mapping | LoaderConfig | No
     for at, line in lines.items():
         where[".".join(str(p) for p in at)] = f"{source}:{line}"
     raw = {sec: dict(val) if isinstance(val, Mapping) else val for sec, val in data.items()}
+    for key, (value, flag) in (flags or {}).items():
+        _apply_override(raw, key, value, where, flag)
     if overrides:
         if isinstance(overrides, Mapping):
             items = [(k, v, f"override {k}={v!r}") for k, v in overrides.items()]
@@ -524,22 +604,50 @@ def _validate(raw: dict, source: str, where: dict[str, str]) -> LoaderConfig:
     return cfg
 
 
+def _blame(cfg: LoaderConfig, usual: str, other: str) -> str:
+    """Which of two conflicting keys an error points at: one a flag or override set (the
+    file line the user never touched is not the cause), else one the file set, else
+    ``usual``."""
+    where = dict(cfg.where)
+
+    def rank(key: str) -> int:
+        return 2 if key in where and _overridden(where[key]) else 1 if key in where else 0
+    return other if rank(other) > rank(usual) else usual
+
+
 def _check_combinations(cfg: LoaderConfig) -> None:
+    def origin(key: str) -> str:
+        return dict(cfg.where).get(key, "the default")
+
     ld = cfg.loader
     if ld.num_workers == 0:
         for name in ("prefetch_factor", "persistent_workers", "multiprocessing_context"):
             if getattr(ld, name) not in (None, False):
                 key = f"loader.{name}"
                 off = "false" if name == "persistent_workers" else "null"
+                value = getattr(ld, name)
+                if _blame(cfg, key, "loader.num_workers") != key:
+                    raise _error(cfg.locate("loader.num_workers"), "loader.num_workers=0 "
+                                 f"conflicts with {key}: {_scalar(value)} from "
+                                 f"{origin(key)}, which needs num_workers >= 1; use "
+                                 f"num_workers >= 1, or set {key} to {off} as well",
+                                 key="loader.num_workers")
                 raise _error(cfg.locate(key), f"{key} needs loader.num_workers >= 1, got "
-                             f"{name}={getattr(ld, name)!r} with num_workers=0; set "
+                             f"{name}={value!r} with num_workers=0; set "
                              f"num_workers: 2, or {name}: {off}", key=key)
     if cfg.synth.quality > 95:
         raise _error(cfg.locate("synth.quality"), f"synth.quality must be an int in [1, 95], "
                      f"got {cfg.synth.quality}", key="synth.quality")
-    if cfg.train.warmup_steps >= cfg.train.steps:
+    tr = cfg.train
+    if tr.warmup_steps >= tr.steps:
+        if _blame(cfg, "train.warmup_steps", "train.steps") == "train.steps":
+            raise _error(cfg.locate("train.steps"), f"train.steps must be > "
+                         f"train.warmup_steps, got {tr.steps} with warmup_steps "
+                         f"{tr.warmup_steps} from {origin('train.warmup_steps')}; use "
+                         f"{tr.warmup_steps + 1} steps or more, or lower train.warmup_steps",
+                         key="train.steps")
         raise _error(cfg.locate("train.warmup_steps"), "train.warmup_steps must be < "
-                     f"train.steps, got {cfg.train.warmup_steps} >= {cfg.train.steps}; lower "
+                     f"train.steps, got {tr.warmup_steps} >= {tr.steps}; lower "
                      "warmup_steps or raise steps", key="train.warmup_steps")
 
 

@@ -38,6 +38,7 @@ import logging
 import multiprocessing as mp
 import os
 import random
+import sys
 import threading
 import warnings
 import weakref
@@ -233,7 +234,7 @@ class FMQLoader(Generic[T_co]):
         self.pin_memory_device = pin_memory_device
         # pinning.py: False without an accelerator (with torch's warning)
         self.pin_memory, self._pin_device = pin_settings(pin_memory, pin_memory_device, stacklevel=2)
-        _warn_if_more_workers_than_cpus(num_workers, stacklevel=2)
+        _warn_if_more_workers_than_cpus(num_workers)
         self.prefetch_next_epoch = prefetch_next_epoch
         self._prefetched = None
         self._prefetch_error: Exception | None = None  # NOTE [ a failing next epoch ]
@@ -590,7 +591,7 @@ class FMQLoader(Generic[T_co]):
         An iterable dataset's epoch (PushEpoch) starts the workers first: its tasks go
         to each worker's own pipe.
         """
-        _warn_if_more_workers_than_cpus(self.num_workers, stacklevel=3)  # as torch, per start
+        _warn_if_more_workers_than_cpus(self.num_workers)  # as torch, per start
         pool = ProducerPool(
             self.dataset, self.num_workers, self.multiprocessing_context,
             auto_collation=self.auto_collation, collate_fn=self.collate_fn,
@@ -731,9 +732,24 @@ def _close_pools(pools: set) -> None:
         pools.pop().close()
 
 
-def _warn_if_more_workers_than_cpus(num_workers: int, stacklevel: int) -> None:
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _user_stacklevel() -> int:
+    """``stacklevel`` for a ``warnings.warn`` in the caller that points at the first frame
+    outside fmq_loader: the user's ``FMQLoader(...)``, ``build_from_config(...)`` or
+    ``for batch in loader`` line, however many of our frames lie between (pandas'
+    ``find_stack_level``; ``skip_file_prefixes`` needs Python 3.12)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _warn_if_more_workers_than_cpus(num_workers: int) -> None:
     """As torch's DataLoader: more workers than CPUs this process may run on can slow
-    loading down or freeze it (at construction, and where workers start)."""
+    loading down or freeze it (at construction, and where workers start). The warning
+    points at the user's code (``_user_stacklevel``)."""
     try:
         cpus: int | None = len(os.sched_getaffinity(0))
         source = "this process may run on (os.sched_getaffinity)"
@@ -745,7 +761,7 @@ def _warn_if_more_workers_than_cpus(num_workers: int, stacklevel: int) -> None:
     warnings.warn(f"num_workers={num_workers}: this DataLoader will create {num_workers} worker "
                   f"processes, more than {have}. Please be aware that excessive worker creation "
                   "might get DataLoader running slow or even freeze; lower num_workers if it does.",
-                  UserWarning, stacklevel=stacklevel + 1)
+                  UserWarning, stacklevel=_user_stacklevel())
 
 
 def _metered(meter: Meter, batches):

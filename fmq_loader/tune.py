@@ -17,9 +17,10 @@ fewest workers (then the smallest prefetch) is chosen.
 
 Trials walk ``num_workers`` up a ladder (1, 2, 3, 4, 6, 8, ... up to twice the usable
 cores), stopping early once past the core count and slower than the best, then try the
-other prefetch factor at the best worker count. The budget is shared among the planned
-trials; epochs repeat inside a trial (their ends are part of what training sees). Trials
-use persistent workers, and the written config sets ``persistent_workers: true``.
+other prefetch factor at the worker count chosen so far (by the rule above), then the
+decoder. The budget is shared among the planned trials; epochs repeat inside a trial
+(their ends are part of what training sees). Trials use persistent workers, and the
+written config sets ``persistent_workers: true``.
 
 The bottleneck is read from the best trial (``loader.stats()`` deltas plus the workers'
 CPU time from /proc):
@@ -32,7 +33,8 @@ CPU time from /proc):
   help until the cores run out, then a faster decoder or more cores.
 
 ``tune()`` returns a ``TuneResult``; ``TuneResult.to_yaml()`` is the input config with the
-best settings, as YAML that ``load_config`` / ``FMQLoader.from_config`` read.
+best settings and ``dataset.root`` made absolute, as YAML that ``load_config`` /
+``FMQLoader.from_config`` read from any directory.
 """
 
 from __future__ import annotations
@@ -294,6 +296,14 @@ def _measure_trial(cfg: LoaderConfig, dataset, workers: int, prefetch: int, deco
     return trial, facts
 
 
+def _choose(trials: Sequence[Trial]) -> Trial:
+    """Within TIE of the fastest, fewer workers and a smaller prefetch win: the same speed
+    for less memory and CPU, and measurement noise decides nothing."""
+    fastest = max(t.images_per_s for t in trials)
+    return min((t for t in trials if t.images_per_s >= (1 - TIE) * fastest),
+               key=lambda t: (t.num_workers, t.prefetch_factor, -t.images_per_s))
+
+
 def _diagnose(trials: Sequence[Trial], best: Trial, cores: int) -> tuple[str, str]:
     base = next(t for t in trials if t.num_workers == 1)
     gain = best.images_per_s / base.images_per_s if base.images_per_s else 0.0
@@ -342,8 +352,8 @@ def tune(config, *, budget_s: float = 60.0, workers: Sequence[int] | None = None
             share, at least ``MIN_TRIAL_S``.
         workers: num_workers values to try (default: ``worker_ladder(cores)``); 1 is
             always tried, as the reference.
-        prefetch: prefetch factors (default: 2 and 4); the first is used while walking
-            the worker counts, the others at the best count.
+        prefetch: prefetch factors (default: the config's, then 4 and 2); the first is
+            used while walking the worker counts, the others at the chosen count.
         dataset: the dataset to use instead of building the config's ImageFolder.
         overrides: as for ``load_config``.
         step_s: seconds the loop sleeps per batch, standing in for a training step that
@@ -447,27 +457,30 @@ def tune(config, *, budget_s: float = 60.0, workers: Sequence[int] | None = None
             fastest = t
         elif w > cores and t.images_per_s < 0.9 * fastest.images_per_s:
             break  # past the cores and slower: more workers only add contention
+    # The other prefetch factors, then decoders, at the setting chosen so far, not merely
+    # the fastest one: a count within TIE of a faster one with more workers is the one
+    # written out, and a trial at a count that cannot be chosen measures nothing useful.
     planned = extra
     for p in factors[1:]:
-        t = run(fastest.num_workers, p, decoders[0], planned)
+        run(_choose(trials).num_workers, p, decoders[0], planned)
         planned -= 1
-        if t.images_per_s > fastest.images_per_s:
-            fastest = t
     for d in decoders[1:]:
-        t = run(fastest.num_workers, fastest.prefetch_factor, d, planned)
+        pick = _choose(trials)
+        run(pick.num_workers, pick.prefetch_factor, d, planned)
         planned -= 1
-        if t.images_per_s > fastest.images_per_s:
-            fastest = t
-    # Within TIE of the fastest, fewer workers and a smaller prefetch win: the same speed
-    # for less memory and CPU, and measurement noise decides nothing.
-    best = min((t for t in trials if t.images_per_s >= (1 - TIE) * fastest.images_per_s),
-               key=lambda t: (t.num_workers, t.prefetch_factor, -t.images_per_s))
+    best = _choose(trials)
     bottleneck, reason = _diagnose(trials, best, cores)
     chosen = {"loader.num_workers": best.num_workers,
               "loader.prefetch_factor": best.prefetch_factor,
               "loader.persistent_workers": True}
     if best.decoder != cfg.dataset.decoder:
         chosen["dataset.decoder"] = best.decoder
+    tuned = load_config(cfg, chosen)
+    if tuned.dataset.root is not None:
+        # absolute: the written file is read from wherever train or from_config run, and
+        # load_config reads a relative root from the current directory, not the file's
+        tuned = dataclasses.replace(tuned, dataset=dataclasses.replace(
+            tuned.dataset, root=os.path.abspath(tuned.dataset.root)))
     return TuneResult(trials=tuple(trials), best=best, bottleneck=bottleneck, reason=reason,
-                      config=load_config(cfg, chosen), cores=cores, budget_s=float(budget_s),
+                      config=tuned, cores=cores, budget_s=float(budget_s),
                       spent_s=time.perf_counter() - start, batches_per_epoch=per_epoch)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -142,6 +145,33 @@ def test_invalid_yaml_syntax_names_file_and_line(tmp_path, text, pattern):
         load_config(write(tmp_path, text))
 
 
+@pytest.mark.parametrize("text,key,lines", [
+    ("loader:\n  num_workers: 2\n  batch_size: 8\n  num_workers: 4\n", "loader.num_workers",
+     (2, 4)),
+    ("loader:\n  batch_size: 8\nqueue: {}\nloader:\n  num_workers: 1\n", "loader", (1, 4)),
+    ("dataset:\n  transforms:\n    - Resize:\n        size: 32\n        size: 64\n",
+     "dataset.transforms[0].Resize.size", (4, 5)),
+    ("loader: {batch_size: 8, shuffle: true, batch_size: 16}\n", "loader.batch_size", (1, 1)),
+])
+def test_duplicate_key_is_refused_naming_the_key_and_both_lines(tmp_path, text, key, lines):
+    """PyYAML keeps the last of two equal keys without a word; load_config refuses them."""
+    path = write(tmp_path, text)
+    first, second = lines
+    at = f"at lines {first} and {second}" if first != second else f"both on line {first}"
+    with pytest.raises(ConfigError, match=rf"c\.yaml:{second}: key {re.escape(repr(key))} "
+                                          rf"appears twice, {at}; "
+                                          r"YAML would silently keep only the second, so "
+                                          r"delete one of them") as info:
+        load_config(path)
+    assert (info.value.path, info.value.line, info.value.key) == (path, second, key)
+
+
+def test_merge_keys_still_override_without_a_duplicate_error(tmp_path):
+    path = write(tmp_path, "loader:\n  <<: {batch_size: 8, num_workers: 1}\n  batch_size: 16\n")
+    cfg = load_config(path)
+    assert (cfg.loader.batch_size, cfg.loader.num_workers) == (16, 1)
+
+
 def test_python_tags_are_refused_like_safe_load(tmp_path):
     path = write(tmp_path, "loader:\n  batch_size: !!python/object/apply:os.getpid []\n")
     with pytest.raises(ConfigError, match=r"c\.yaml:2:\d+: invalid YAML syntax, .*python/object"):
@@ -175,6 +205,30 @@ def test_unreadable_file_is_a_config_error(tmp_path):
 def test_bad_overrides_name_the_override(override, pattern):
     with pytest.raises(ConfigError, match=pattern):
         load_config(None, [override])
+
+
+def test_a_conflict_an_override_or_flag_caused_points_at_it_not_at_the_file(tmp_path):
+    path = write(tmp_path, "loader:\n  num_workers: 2\n  persistent_workers: true\n"
+                           "train:\n  steps: 100\n  warmup_steps: 10\n")
+    with pytest.raises(ConfigError, match=r"^--set loader\.num_workers=0: loader\.num_workers=0 "
+                                          r"conflicts with loader\.persistent_workers: true "
+                                          r"from .*c\.yaml:3, which needs num_workers >= 1; "
+                                          r"use num_workers >= 1, or set "
+                                          r"loader\.persistent_workers to false as well$") as info:
+        load_config(path, ["loader.num_workers=0"])
+    assert (info.value.path, info.value.line, info.value.key) == (None, None,
+                                                                   "loader.num_workers")
+    with pytest.raises(ConfigError, match=r"^--steps 5: train\.steps must be > "
+                                          r"train\.warmup_steps, got 5 with warmup_steps 10 "
+                                          r"from .*c\.yaml:6; use 11 steps or more"):
+        load_config(path, flags={"train.steps": (5, "--steps 5")})
+    # both from the file, or the dependent key overridden: the dependent key is blamed
+    with pytest.raises(ConfigError, match=r"^--set train\.warmup_steps=200: "
+                                          r"train\.warmup_steps must be < train\.steps"):
+        load_config(path, ["train.warmup_steps=200"])
+    # --set wins over a flag for the same key, as it did when flags were --set items
+    assert load_config(path, ["train.steps=50"],
+                       flags={"train.steps": (5, "--steps 5")}).train.steps == 50
 
 
 def test_missing_dataset_root_points_at_the_key(tmp_path):
@@ -212,6 +266,31 @@ def test_from_config_applies_validated_keyword_overrides_and_passes_others(tmp_p
     with pytest.raises(ConfigError, match=r"override loader\.num_workers=-2: "
                                           r"loader\.num_workers must be an int >= 0"):
         loader_from_config(dataset, None, num_workers=-2)
+
+
+def test_more_workers_than_cpus_warning_points_at_the_callers_line(tmp_path):
+    """The warning pointed into build.py (build_from_config, from_config) or loader.py (at
+    iter()), not at the line the user wrote."""
+    too_many = len(os.sched_getaffinity(0)) + 1
+    root = image_folder(tmp_path / "d", classes=2, per_class=2, size=(16, 16))
+    cfg = {"loader": {"batch_size": 2, "num_workers": too_many},
+           "dataset": {"root": str(root), "transforms": ["PILToTensor"]}}
+
+    def caught(fn) -> list:
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            fn()
+        got = [w for w in got if "this DataLoader will create" in str(w.message)]
+        assert got, "no num_workers warning"
+        return got
+
+    with contextlib.ExitStack() as stack:
+        loaders: list[FMQLoader] = []
+        warned = caught(lambda: loaders.append(stack.enter_context(build_from_config(cfg))))
+        warned += caught(lambda: loaders.append(stack.enter_context(
+            FMQLoader.from_config(loaders[0].dataset, cfg))))
+        warned += caught(lambda: next(iter(loaders[0])))  # warns again when workers start
+    assert [w.filename for w in warned] == [__file__] * len(warned)
 
 
 def test_from_config_names_the_nearest_keyword_for_a_misspelt_one():
