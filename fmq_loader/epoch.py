@@ -197,12 +197,15 @@ class _Epoch:
         """
         pool = self._pool
         if self._timeout <= 0 and not pool.has_staged():
+            exited = None
             try:  # the common case: ready now, or within one wait (no exception raised)
                 return self._get(True, _POLL_S)
             except _queue.Empty:
                 pass
-            except WatchedFdReady as exited:
-                self._pool.check_alive(signals_only=True, exiting=exited.fd)  # by itself: below
+            except WatchedFdReady as ready:
+                exited = ready.fd
+            if exited is not None:  # (outside the except: the error does not chain the internal one)
+                self._pool.check_alive(signals_only=True, exiting=exited)  # by itself: below
         deadline = time.monotonic() + self._timeout if self._timeout > 0 else None
         flush_wait = _FLUSH_POLL_S
         while True:
@@ -224,14 +227,17 @@ class _Epoch:
                     flush_wait = min(2 * flush_wait, _POLL_S)
             if deadline is not None:
                 wait = min(wait, deadline - time.monotonic())
+            exited = None
             try:
                 return pool.get(max(0.0, wait))
             except _queue.Empty:
                 pass
-            except WatchedFdReady as exited:
+            except WatchedFdReady as ready:
+                exited = ready.fd
+            if exited is not None:
                 # A worker exited. Killed by a signal: raise now. Exited by itself (a
                 # worker_init_fn failure is sent before that): its message comes first.
-                pool.check_alive(signals_only=True, exiting=exited.fd)
+                pool.check_alive(signals_only=True, exiting=exited)
                 continue
             pool.check_alive()
             if deadline is not None and time.monotonic() >= deadline:

@@ -9,7 +9,9 @@ stragglers, and finally close the queue's shared memory.
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import linecache
 import logging
 import os
 import pickle
@@ -24,6 +26,7 @@ from typing import Any, Callable
 # them with the package instead, so the first iter() does not pay for it.
 from multiprocessing import (heap, popen_fork, popen_forkserver,  # noqa: F401
                              popen_spawn_posix, sharedctypes, synchronize)
+from multiprocessing import process as mp_process
 
 from .datapipes import world_and_rank
 from .errors import WorkerError
@@ -136,6 +139,56 @@ def warm_pillow() -> None:
             pass
 
 
+# NOTE [ the main guard ]: a 'spawn' or 'forkserver' worker starts by running the main
+# script again, as ``__mp_main__`` (to find what the dataset's pickle names), before it
+# runs any of our code. A script that creates and iterates a loader at its top level,
+# without ``if __name__ == "__main__":``, therefore starts a loader in every worker while
+# that worker is still starting, which multiprocessing refuses; the worker exits with
+# code 1. In the worker, start() says so itself (on stderr). The main process sees only
+# the exit code, so it tells the case by its own script: the statement the script's top
+# level is running lies outside any ``if __name__ ...`` block.
+_BOOTSTRAP_ERROR = ("An attempt has been made to start a new process before the current "
+                    "process has finished its bootstrapping phase")  # multiprocessing's words
+
+
+def _top_level_line(main_name: str = "__main__") -> tuple[str, int, str] | None:
+    """Where the top level of module ``main_name`` runs now, outside ``if __name__ ==
+    "__main__":``: path, line number and text. None when it runs inside such a block (or
+    a branch of one), its top level has finished, or there is no source to read."""
+    frame = sys._getframe()
+    while frame is not None and not (frame.f_code.co_name == "<module>"
+                                     and frame.f_globals.get("__name__") == main_name):
+        frame = frame.f_back
+    if frame is None:
+        return None
+    path, line = frame.f_code.co_filename, frame.f_lineno
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.If) and node.lineno <= line <= node.end_lineno
+                and any(isinstance(n, ast.Name) and n.id == "__name__" for n in ast.walk(node.test))):
+            return None  # the worker skips it (or, for another test of __name__, we cannot tell)
+    return path, line, linecache.getline(path, line).strip()
+
+
+def _unguarded_main_line() -> tuple[str, int, str] | None:
+    """``_top_level_line()`` of the main script, where a worker would run it again; None for
+    ``python -m pkg`` (a package's ``__main__``), -c, a REPL or a frozen program, which
+    multiprocessing does not run again in its children (spawn._fixup_main_from_*)."""
+    main = sys.modules.get("__main__")
+    spec_name = getattr(getattr(main, "__spec__", None), "name", None)
+    if (getattr(main, "__file__", None) is None or getattr(sys, "frozen", False)
+            or (spec_name is not None and (spec_name == "__main__" or spec_name.endswith(".__main__")))):
+        return None
+    return _top_level_line()
+
+
+_GUARD_ADVICE = ("put the script's top-level code under `if __name__ == \"__main__\":` (torch's "
+                 "DataLoader needs it too), or use multiprocessing_context='fork'")
+
 _REAP_S = 2.0  # longest wait for a worker whose sentinel is ready to become reapable
 
 
@@ -210,6 +263,16 @@ class ProducerPool:
         """
         if self.workers or self._closed:
             return
+        if getattr(mp_process.current_process(), "_inheriting", False):  # NOTE [ the main guard ]
+            where = _top_level_line("__mp_main__")
+            script = ("the main script" if where is None else
+                      f"{where[0]!r} line {where[1]} ({where[2]!r})")
+            raise RuntimeError(
+                f"{_BOOTSTRAP_ERROR}: FMQLoader cannot start workers in "
+                f"{mp_process.current_process().name}, a {self._ctx.get_start_method()!r} child "
+                f"that is still starting up: it runs the main script again (as __mp_main__), "
+                f"and {script} iterates a loader outside `if __name__ == \"__main__\":`; "
+                + _GUARD_ADVICE)
         dataset, auto_collation, collate_fn, drop_last, batch_size, worker_init_fn, iterable = self._job
         try:
             for wid in range(self.num_workers):
@@ -444,10 +507,19 @@ class ProducerPool:
                        f"{hint}")
             else:
                 msg = (f"DataLoader worker (pid {proc.pid}) exited unexpectedly: fmq worker {wid} "
-                       f"exited with exit code {code}: "
-                       "a call to sys.exit() or os._exit() in the dataset or worker_init_fn, or an "
-                       "error outside them (such as a 'spawn' worker failing to unpickle the "
-                       "dataset: its traceback is on stderr above)")
+                       f"exited with exit code {code}: ")
+                method = self._ctx.get_start_method()
+                unguarded = _unguarded_main_line() if method != "fork" and code == 1 else None
+                if unguarded is not None:  # NOTE [ the main guard ]
+                    path, line, text = unguarded
+                    msg += (f"a {method!r} worker first runs the main script again (as "
+                            f"__mp_main__), and {path!r} line {line} ({text!r}) runs outside "
+                            "`if __name__ == \"__main__\":`, so the worker tried to start workers "
+                            "of its own (its error is on stderr above); " + _GUARD_ADVICE)
+                else:
+                    msg += ("a call to sys.exit() or os._exit() in the dataset or worker_init_fn, "
+                            "or an error outside them (such as a 'spawn' worker failing to unpickle "
+                            "the dataset: its traceback is on stderr above)")
             raise WorkerError(msg, worker_id=wid, pid=proc.pid)
 
     def close(self, timeout: float = 1.0) -> None:

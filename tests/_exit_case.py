@@ -6,12 +6,22 @@ STYLE map|iter, WORKERS 1|2, METHOD fork|spawn|forkserver, PERSISTENT 0|1.
 Reports ``<tag> <json>`` lines on stdout: ``workers`` (pids), ``sem`` (each
 POSIX semaphore name it creates), ``ready`` (signal me now), ``error``,
 ``after`` (workers still alive after the case's own cleanup).
+
+SIGUSR1 makes any process of the case (the script, its workers, the forkserver)
+write every thread's Python stack to stderr: tests/test_exit_matrix.py sends it
+to a case that hangs. Registered first thing at module level, so spawned workers
+(which run this module's top level as ``__mp_main__``), the forkserver (which
+preloads it) and forked workers (which inherit it) have it too.
 """
 
-import gc
+import faulthandler
+import signal
+
+faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+import gc  # (after the registration above: a hang in an import shows too)
 import multiprocessing as mp
 import os
-import signal
 import sys
 import time
 
@@ -127,11 +137,13 @@ def main():
         drain(it)
         loader.close()
         report("after", workers())
-    elif CASE in ("sigint", "sigterm"):
+    elif CASE in ("sigint", "sigterm", "sigint_lost"):
         loader = make(**LONG)
         for n, batch in enumerate(loader):
             if n == 0:
                 report("workers", workers())
+                if CASE == "sigint_lost":  # a hang to diagnose (not in the matrix): Ctrl-C is lost
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)
                 report("ready", time.monotonic())
     elif CASE == "del":
         loader = make(**LONG)

@@ -245,6 +245,81 @@ def test_a_worker_that_exits_with_a_nonzero_code_is_reported_though_the_others_d
                 time.sleep(0.01)
 
 
+# A script run as users run theirs: `python script.py`, the loader at its top level.
+_NO_GUARD = """\
+import sys
+from fmq_loader import FMQLoader
+
+data = list(range(16))
+loader = FMQLoader(data, batch_size=4, num_workers=2, multiprocessing_context=sys.argv[1])
+for batch in loader:
+    pass
+print("all batches")
+"""
+
+
+def _run_script(tmp_path, text: str, *args: str):
+    import subprocess
+    import sys
+
+    script = tmp_path / "train.py"
+    script.write_text(text)
+    return script, subprocess.run([sys.executable, str(script), *args], capture_output=True,
+                                  text=True, timeout=120, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_script_without_the_main_guard_is_told_to_add_it(tmp_path, method):
+    """Each worker runs the script again and fails to start workers of its own: the main process
+    raised "exited with exit code 1" chained to an internal WatchedFdReady ("What a new user hit")."""
+    script, done = _run_script(tmp_path, _NO_GUARD, method)
+    assert done.returncode == 1 and "all batches" not in done.stdout
+    last = done.stderr.rstrip().splitlines()[-1]
+    assert last.startswith("fmq_loader.errors.WorkerError: DataLoader worker (pid "), done.stderr
+    assert (f"a {method!r} worker first runs the main script again (as __mp_main__), and "
+            f"{str(script)!r} line 6 ('for batch in loader:') runs outside "
+            '`if __name__ == "__main__":`') in last
+    assert "use multiprocessing_context='fork'" in last
+    assert "WatchedFdReady" not in done.stderr
+    # each worker says the same on its way out, in multiprocessing's words and ours
+    assert ("RuntimeError: An attempt has been made to start a new process before the current "
+            "process has finished its bootstrapping phase: FMQLoader cannot start workers in "
+            "fmq-worker-") in done.stderr
+    # the fix the message gives works
+    guarded = _NO_GUARD.replace("data = ", 'if __name__ == "__main__":\n    data = ')
+    guarded = guarded.replace("\nloader", "\n    loader").replace("\nfor", "\n    for")
+    guarded = guarded.replace("\n    pass", "\n        pass").replace("\nprint", "\n    print")
+    _, done = _run_script(tmp_path, guarded, method)
+    assert (done.returncode, done.stdout) == (0, "all batches\n"), done.stderr
+
+
+_GUARDED_WORKER_EXITS = """\
+import os
+from fmq_loader import FMQLoader
+
+
+class ExitsInWorker:
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        os._exit(1)
+
+
+if __name__ == "__main__":
+    for batch in FMQLoader(ExitsInWorker(), batch_size=2, num_workers=1,
+                           multiprocessing_context="spawn"):
+        pass
+"""
+
+
+def test_a_guarded_script_whose_worker_exits_with_code_1_is_not_told_about_the_guard(tmp_path):
+    _, done = _run_script(tmp_path, _GUARDED_WORKER_EXITS)
+    last = done.stderr.rstrip().splitlines()[-1]
+    assert "exited with exit code 1: a call to sys.exit() or os._exit()" in last, done.stderr
+    assert "__name__" not in last
+
+
 class _UnprintableError(Exception):
     def __str__(self) -> str:
         raise RuntimeError("no text for you")

@@ -364,7 +364,8 @@ def _plot(args, root: str, workers, images_line: str) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m fmq_loader.bench loader", description=__doc__.split("\n")[0])
-    p.add_argument("--root", help="image folder (default: generate --images-set under the temp dir)")
+    p.add_argument("--root", help="image folder (default: generate --images-set in a temporary "
+                                  "folder, removed when the run ends)")
     p.add_argument("--images-set", default="photo", choices=sorted(IMAGE_SETS),
                    help="which images to generate (default photo: photo-like 500x375, ~4.6 "
                         "bits/pixel; photo-1600: 1600x1200; skimage: real photographs, needs "
@@ -408,21 +409,30 @@ def main(argv=None) -> int:
             workers = [0]
         if workers[0] < 1:
             p.error(f"--workers must be a comma-separated list of ints >= 1, got {args.workers!r}")
+        args.workers = workers
     if args.quick:
         args.images, args.runs = 640, 1
-    root = args.root
-    if root is None:
+    if args.root is not None:
+        return _bench(args, args.root)
+    # The generated set lives as long as this run: removed at the end, after an error or
+    # Ctrl-C too (it was left in the temp dir, ~130 MB for the default photo set).
+    with tempfile.TemporaryDirectory(prefix="fmq_bench_loader_") as tmp:
         try:
-            root = prepare(args.images_set, args.images)
+            root = prepare(args.images_set, args.images, root=os.path.join(tmp, args.images_set))
         except ImportError as exc:
             p.error(str(exc))
+        return _bench(args, root)
+
+
+def _bench(args, root: str) -> int:
+    """What ``main`` runs once the image folder ``root`` exists."""
     images_line = describe(root, None if args.root else args.images_set)
     if args.soak:
         for row in soak(root, args.soak, args.batch_size, args.num_workers):
             print("epoch %3d  main RSS %6.1f MiB  open fds %3d  slabs %5.1f MiB" % row)
         return 0
     if args.plot:
-        return _plot(args, root, workers, images_line)
+        return _plot(args, root, args.workers, images_line)
     res = run(root, args.runs, args.batch_size, args.num_workers, ctx=args.context,
               fmq_pipeline=args.fmq_pipeline, decoder=args.decoder)
     res["image_set"] = images_line
