@@ -11,7 +11,7 @@ TORCH_PIP_ARGS ?=
 
 .PHONY: demo seed-demo test test-slow test-gpu test-matrix test-torchvision venv clean
 
-$(STAMP): pyproject.toml setup.py fmq_loader/_jpegregion.c Makefile
+$(STAMP): pyproject.toml setup.py fmq_loader/images/_jpegregion.c Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==2.13.0" $(TORCH_PIP_ARGS)

@@ -1,8 +1,8 @@
-"""Builds the optional C extension fmq_loader._jpegregion (region + reduced-scale JPEG decoding).
+"""Builds the optional C extension fmq_loader.images._jpegregion (region + reduced-scale JPEG decoding).
 
 It links libjpeg-turbo (Debian/Ubuntu: libjpeg62-turbo-dev or libturbojpeg0-dev; Fedora:
 libjpeg-turbo-devel; Homebrew: jpeg-turbo). Where it cannot be built, installation goes on
-without it and fmq_loader decodes with simplejpeg or Pillow instead (fmq_loader/decode.py).
+without it and fmq_loader decodes with simplejpeg or Pillow instead (fmq_loader/images/decode.py).
 Everything else is in pyproject.toml.
 """
 
@@ -27,14 +27,14 @@ class OptionalBuildExt(build_ext):
 
     @staticmethod
     def _skip(exc):
-        print(f"WARNING: fmq_loader._jpegregion was not built ({type(exc).__name__}: {exc}); "
+        print(f"WARNING: fmq_loader.images._jpegregion was not built ({type(exc).__name__}: {exc}); "
               "JPEGs will be decoded with simplejpeg or Pillow instead. Install libjpeg-turbo's "
               "headers (e.g. apt-get install libjpeg62-turbo-dev) and reinstall for the fast "
               "region decoder.")
 
 
 setup(
-    ext_modules=[Extension("fmq_loader._jpegregion", ["fmq_loader/_jpegregion.c"],
+    ext_modules=[Extension("fmq_loader.images._jpegregion", ["fmq_loader/images/_jpegregion.c"],
                            libraries=["jpeg"], optional=True)],
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -4,20 +4,20 @@ Workers decode and collate batches into shared-memory slabs; a stealer thread in
 your process rebuilds them as zero-copy tensors before your loop asks.
 """
 
-from . import transforms
-from .build import build_from_config  # also attaches FMQLoader.from_config
-from .config import LoaderConfig, load_config
-from .datasets import ImageFolder
+from . import transforms  # the public path; the code is in images/transforms.py
 from .decode import DecodeError
 from .errors import (BatchTooLarge, CollateError, ConfigError, FMQError, ProducersGone,
                      QueueClosed, QueueTimeout, WorkerError)
-from .loader import FMQLoader
-from .packed import PackedImages
-from .packfile import PackError
-from .pool import ProducerPool
-from .queue import Queue
-from .synth import make_dataset
-from .worker import WorkerInfo, get_worker_info
+from .images.datasets import ImageFolder
+from .images.packed import PackedImages
+from .images.packfile import PackError
+from .images.synth import make_dataset
+from .loading.loader import FMQLoader
+from .tools.build import build_from_config  # also attaches FMQLoader.from_config
+from .tools.config import LoaderConfig, load_config
+from .transport.queue import Queue
+from .workers.pool import ProducerPool
+from .workers.worker import WorkerInfo, get_worker_info
 
 __version__ = "0.1.0"
 

@@ -2,7 +2,7 @@
 
 import sys
 
-from fmq_loader.cli import main
+from fmq_loader.tools.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fmq_loader.synth import make_dataset
+from fmq_loader.images.synth import make_dataset
 
 
 def image_folder(root: Path, classes: int = 2, per_class: int = 32, size=(64, 48),

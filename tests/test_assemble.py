@@ -11,8 +11,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fmq_loader import FMQLoader, Queue
-from fmq_loader.assemble import SlabAssembler
-from fmq_loader.collate import default_collate
+from fmq_loader.workers.assemble import SlabAssembler
+from fmq_loader.workers.collate import default_collate
 
 from test_collate import _same
 

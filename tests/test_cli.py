@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fmq_loader.cli import main
-from fmq_loader.config import load_config
+from fmq_loader.tools.cli import main
+from fmq_loader.tools.config import load_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from fmq_loader.cli import main
+from fmq_loader.tools.cli import main
 
 
 def test_make_dataset_writes_classes_times_per_class_images(tmp_path, capsys):

@@ -12,7 +12,7 @@ import pytest
 from fmq_loader.progress import Progress
 
 _WITHOUT_TQDM = ("import sys; sys.modules['tqdm'] = None; "
-                 "from fmq_loader.cli import main; sys.exit(main(sys.argv[1:]))")
+                 "from fmq_loader.tools.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
 def test_make_dataset_without_tqdm_prints_a_plain_progress_line(tmp_path):
@@ -70,7 +70,7 @@ def test_plain_line_instead_of_tqdm_when_stderr_is_not_a_terminal(capsys):
 
 def test_bench_with_no_progress_writes_nothing_to_stderr(tmp_path, capsys):
     from _images import image_folder
-    from fmq_loader.cli import main
+    from fmq_loader.tools.cli import main
 
     root = image_folder(tmp_path / "imgs", classes=1, per_class=8, size=(32, 24))
     assert main(["bench", "--data", str(root), "--batches", "2", "--loaders", "fmq",

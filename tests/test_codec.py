@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fmq_loader import codec
+from fmq_loader.transport import codec
 
 
 def _round_trip(obj):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import default_collate as torch_collate
 
-from fmq_loader.collate import PartsJoin, concat_batches, default_collate, default_convert, own_rows
+from fmq_loader.workers.collate import PartsJoin, concat_batches, default_collate, default_convert, own_rows
 
 Point = collections.namedtuple("Point", "x y")
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fmq_loader.build import build_dataset, build_from_config, loader_from_config
-from fmq_loader.config import LoaderConfig, dump_config, load_config
+from fmq_loader.tools.build import build_dataset, build_from_config, loader_from_config
+from fmq_loader.tools.config import LoaderConfig, dump_config, load_config
 from fmq_loader.errors import ConfigError
-from fmq_loader.loader import FMQLoader
+from fmq_loader.loading.loader import FMQLoader
 
 from _images import image_folder
 

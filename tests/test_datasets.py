@@ -13,8 +13,8 @@ from PIL import Image
 
 from _images import image_folder
 from fmq_loader import transforms as T
-from fmq_loader.datasets import MAX_REPLACEMENTS, ImageFolder
-from fmq_loader.decode import DecodeError
+from fmq_loader.images.datasets import MAX_REPLACEMENTS, ImageFolder
+from fmq_loader.images.decode import DecodeError
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ def test_skip_replaces_a_bad_file_with_the_next_sample_and_counts_it(folder):
 def test_warn_logs_the_path_and_the_decoder_message(folder, caplog):
     _, not_image = _corrupt(folder)
     ds = ImageFolder(folder, on_error="warn")
-    with caplog.at_level(logging.WARNING, logger="fmq_loader.datasets"):
+    with caplog.at_level(logging.WARNING, logger="fmq_loader.images.datasets"):
         ds[42]
     assert str(not_image) in caplog.text and "UnidentifiedImageError" in caplog.text
     assert ds.skipped == 1

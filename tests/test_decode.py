@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from _images import encode, photo
-from fmq_loader.decode import DecodeError, EncodedImage, decode, fast_decoder_available
+from fmq_loader.images.decode import DecodeError, EncodedImage, decode, fast_decoder_available
 
 needs_fast = pytest.mark.skipif(not fast_decoder_available(), reason="simplejpeg not installed")
 DECODERS = ["pillow"] + (["simplejpeg"] if fast_decoder_available() else [])
@@ -136,7 +136,7 @@ def test_the_region_decoder_is_built_where_libjpeg_headers_are():
     failure would leave every crop on the slower decoders."""
     import os
 
-    from fmq_loader.decode import region_decoder_available
+    from fmq_loader.images.decode import region_decoder_available
 
     if not os.path.exists("/usr/include/jpeglib.h"):
         pytest.skip("no libjpeg headers on this machine")
@@ -144,8 +144,8 @@ def test_the_region_decoder_is_built_where_libjpeg_headers_are():
 
 
 needs_region = pytest.mark.skipif(
-    not __import__("fmq_loader.decode", fromlist=["x"]).region_decoder_available(),
-    reason="fmq_loader._jpegregion not built")
+    not __import__("fmq_loader.images.decode", fromlist=["x"]).region_decoder_available(),
+    reason="fmq_loader.images._jpegregion not built")
 
 
 def _pillow_region(data: bytes, scale: int, box):
@@ -161,7 +161,7 @@ def _pillow_region(data: bytes, scale: int, box):
 @pytest.mark.parametrize("box", [(0, 0, 1, 1), (37, 21, 161, 99), (100, 0, 241, 180),
                                  (0, 150, 240, 180), (0, 0, 240, 180)])
 def test_region_pixels_are_pillows_bit_for_bit(scale, subsampling, box):
-    from fmq_loader import _jpegregion
+    from fmq_loader.images import _jpegregion
 
     data = encode(photo((241, 181), seed=3), quality=90, subsampling=subsampling)
     sbox = (box[0] // scale, box[1] // scale, max(box[0] // scale + 1, box[2] // scale),
@@ -175,7 +175,7 @@ def test_region_pixels_are_pillows_bit_for_bit(scale, subsampling, box):
 
 @needs_region
 def test_grayscale_and_progressive_jpegs_take_the_region_path_and_match_pillow():
-    from fmq_loader import _jpegregion
+    from fmq_loader.images import _jpegregion
 
     for data in (encode(photo((120, 90)).convert("L")),
                  encode(photo((120, 90)), progressive=True, quality=85)):
@@ -191,7 +191,7 @@ def test_grayscale_and_progressive_jpegs_take_the_region_path_and_match_pillow()
     (lambda: b"GIF89a not a jpeg", "Not a JPEG"),
 ])
 def test_region_decoder_refuses_what_it_does_not_handle_with_a_value_error(make, reason):
-    from fmq_loader import _jpegregion
+    from fmq_loader.images import _jpegregion
 
     with pytest.raises(ValueError, match=reason):
         _jpegregion.decode(make(), 1, 0, 0, 64, 48)
@@ -202,7 +202,7 @@ def test_region_decoder_refuses_what_it_does_not_handle_with_a_value_error(make,
 @needs_region
 def test_crops_fall_back_to_pillow_for_cmyk_and_exif_rotated_jpegs(tmp_path):
     """decode_region gives the same pixels through the fallback as Pillow does."""
-    from fmq_loader.decode import EncodedImage
+    from fmq_loader.images.decode import EncodedImage
 
     cmyk = encode(photo((80, 60)).convert("CMYK"))
     pixels, box = EncodedImage(cmyk, decoder="auto").decode_region((10, 10, 50, 40), (40, 30))
@@ -227,7 +227,7 @@ def test_a_random_resized_crop_through_the_region_decoder_equals_the_pillow_deco
     import random
 
     from fmq_loader import transforms as T
-    from fmq_loader.decode import EncodedImage
+    from fmq_loader.images.decode import EncodedImage
 
     data = encode(photo((500, 375), seed=5), quality=90)
     for size, exact in ((224, True), (64, False)):
@@ -258,8 +258,8 @@ def test_a_410_jpeg_is_cropped_exactly_at_full_scale_and_refused_at_reduced_scal
     decode_region falls back to Pillow."""
     import pathlib
 
-    from fmq_loader import _jpegregion
-    from fmq_loader.decode import EncodedImage
+    from fmq_loader.images import _jpegregion
+    from fmq_loader.images.decode import EncodedImage
 
     data = (pathlib.Path(__file__).parent / "data" / "subsampling_410.jpg").read_bytes()
     buf, w, h, x0, y0 = _jpegregion.decode(data, 1, 10, 10, 50, 40)

@@ -20,7 +20,7 @@ import pytest
 
 from fmq_loader import FMQLoader, Queue
 from fmq_loader.errors import BatchTooLarge, WorkerError
-from fmq_loader.shm import GROW_STEP_BYTES, SlabArena, available_memory
+from fmq_loader.transport.shm import GROW_STEP_BYTES, SlabArena, available_memory
 
 
 def _mem_total() -> int:

@@ -15,10 +15,11 @@ import torch
 from PIL import Image
 
 from _images import encode, image_folder, photo
-from fmq_loader import FMQLoader, ImageFolder, PackedImages, PackError, transforms as T
-from fmq_loader.decode import DecodeError
-from fmq_loader.pack import PackOptions, encode_image, pack, parse_size
-from fmq_loader.packfile import FORMAT_VERSION, HEADER_SIZE, shard_name
+from fmq_loader import FMQLoader, ImageFolder, PackedImages, PackError
+from fmq_loader import transforms as T
+from fmq_loader.images.decode import DecodeError
+from fmq_loader.images.pack import PackOptions, encode_image, pack, parse_size
+from fmq_loader.images.packfile import FORMAT_VERSION, HEADER_SIZE, shard_name
 
 
 def _crop():

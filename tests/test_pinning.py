@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from fmq_loader import FMQLoader
-from fmq_loader.pinning import pin, pin_settings
+from fmq_loader.loading.pinning import pin, pin_settings
 
 from _loader_data import KindDataset
 

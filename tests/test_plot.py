@@ -10,8 +10,8 @@ import sys
 import pytest
 import yaml
 
-from fmq_loader.bench.plot import PNG_SIGNATURE, plot_workers
-from fmq_loader.cli import main
+from fmq_loader.tools.plot import PNG_SIGNATURE, plot_workers
+from fmq_loader.tools.cli import main
 
 from _images import image_folder
 
@@ -67,7 +67,7 @@ def test_bench_plot_sweeps_workers_for_both_loaders(tiny_config, tmp_path, capsy
 
 
 @pytest.mark.parametrize("module,argv", [
-    ("fmq_loader.cli", ["bench", "-c", "{config}", "--plot", "{png}"]),
+    ("fmq_loader.tools.cli", ["bench", "-c", "{config}", "--plot", "{png}"]),
     ("fmq_loader.bench.loader", ["--plot", "{png}", "--root", "{tmp}"]),
 ])
 def test_plot_without_matplotlib_names_the_package_to_install(tiny_config, tmp_path, module,

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fmq_loader import FMQLoader, Queue
-from fmq_loader.config import load_config
+from fmq_loader.tools.config import load_config
 from fmq_loader.errors import ConfigError
 
 torch = pytest.importorskip("torch")

@@ -17,8 +17,8 @@ import pytest
 
 from fmq_loader import Queue
 from fmq_loader.errors import ConfigError
-from fmq_loader.queue import INLINE, PIPE, SLAB
-from fmq_loader.shm import GROW_STEP_BYTES
+from fmq_loader.transport.queue import INLINE, PIPE, SLAB
+from fmq_loader.transport.shm import GROW_STEP_BYTES
 
 HEADER = struct.Struct("<BiIQ")
 ENTRY = struct.Struct("<QQ")
@@ -113,7 +113,7 @@ def test_malformed_headers_are_refused(q, msg, words):
 
 def test_forged_tensor_dtype_is_refused():
     torch = pytest.importorskip("torch")
-    from fmq_loader.codec import _rebuild_tensor
+    from fmq_loader.transport.codec import _rebuild_tensor
 
     with pytest.raises(ValueError, match="'manual_seed', which is not a torch dtype"):
         _rebuild_tensor(bytearray(8), "manual_seed", (8,), False)
@@ -123,7 +123,7 @@ def test_forged_tensor_dtype_is_refused():
 
 def test_forged_array_shape_larger_than_its_buffer_is_refused(q):
     """numpy checks the buffer against dtype and shape when it rebuilds an array."""
-    from fmq_loader import codec
+    from fmq_loader.transport import codec
 
     stream, buffers = codec.encode(np.zeros(1024, np.float64))
     # the shape (1024,) is pickled as BININT2 1024, TUPLE1: make it (4096,)
@@ -136,7 +136,7 @@ def test_forged_array_shape_larger_than_its_buffer_is_refused(q):
 
 
 def test_yaml_python_tags_are_refused(tmp_path):
-    from fmq_loader.config import load_config
+    from fmq_loader.tools.config import load_config
 
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.yaml"
@@ -150,7 +150,7 @@ def test_yaml_python_tags_are_refused(tmp_path):
 
 
 def test_config_override_values_are_read_safely(tmp_path):
-    from fmq_loader.config import load_config
+    from fmq_loader.tools.config import load_config
 
     marker = tmp_path / "pwned"
     with pytest.raises(ConfigError):

@@ -13,7 +13,7 @@ import weakref
 import numpy as np
 import pytest
 
-from fmq_loader.shm import GROW_STEP_BYTES, SlabArena
+from fmq_loader.transport.shm import GROW_STEP_BYTES, SlabArena
 
 
 def _write_slab(arena, value: int, nbytes: int, result) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from fmq_loader.bench.soak import growth, measure
-from fmq_loader.shm import GROW_STEP_BYTES
+from fmq_loader.transport.shm import GROW_STEP_BYTES
 
 pytest.importorskip("torch")
 

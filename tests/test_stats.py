@@ -8,7 +8,7 @@ import time
 import pytest
 
 from fmq_loader import FMQLoader, ImageFolder
-from fmq_loader.stats import LoaderStats
+from fmq_loader.workers.stats import LoaderStats
 
 from _images import image_folder
 from _loader_data import SlowDataset
@@ -100,7 +100,7 @@ def _big(samples):
 
 
 def test_recent_data_bound_counts_only_the_part_of_a_wait_inside_the_window():
-    from fmq_loader.stats import Meter
+    from fmq_loader.workers.stats import Meter
 
     meter = Meter()
     meter.record(0.0, 8.0, 4)  # one 8 s wait, ending at t = 8

@@ -14,7 +14,7 @@ import yaml
 
 from fmq_loader import FMQLoader, ImageFolder
 from fmq_loader import transforms as T
-from fmq_loader.cli import main
+from fmq_loader.tools.cli import main
 
 from _images import image_folder
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fmq_loader import FMQLoader
-from fmq_loader.shm import GROW_STEP_BYTES, available_memory
+from fmq_loader.transport.shm import GROW_STEP_BYTES, available_memory
 
 torch = pytest.importorskip("torch")
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fmq_loader.datasets import ImageFolder
-from fmq_loader.synth import make_dataset
+from fmq_loader.images.datasets import ImageFolder
+from fmq_loader.images.synth import make_dataset
 
 
 def test_make_dataset_writes_an_image_folder_of_jpegs_of_the_given_size(tmp_path):
@@ -85,7 +85,7 @@ def test_photo_realism_compresses_like_photographs_and_simple_like_before(tmp_pa
 
 def test_real_photo_set_is_cut_from_scikit_images_photographs(tmp_path):
     pytest.importorskip("skimage")
-    from fmq_loader.photos import PHOTOS, make_photo_dataset
+    from fmq_loader.images.photos import PHOTOS, make_photo_dataset
 
     root = make_photo_dataset(tmp_path / "r", per_class=2, size=(120, 90), progress=False)
     ds = ImageFolder(root)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from _images import encode, photo
 from fmq_loader import transforms as T
-from fmq_loader.decode import EncodedImage
+from fmq_loader.images.decode import EncodedImage
 
 
 def _reference_rrc_params(width, height, scale, ratio, rng):

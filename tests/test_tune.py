@@ -12,11 +12,11 @@ import pytest
 import torch
 import yaml
 
-import fmq_loader.tune
+import fmq_loader.tools.tune
 from fmq_loader import FMQLoader, load_config
-from fmq_loader.build import build_dataset
-from fmq_loader.cli import main
-from fmq_loader.tune import Trial, TuneError, tune, worker_ladder
+from fmq_loader.tools.build import build_dataset
+from fmq_loader.tools.cli import main
+from fmq_loader.tools.tune import Trial, TuneError, tune, worker_ladder
 
 from _images import image_folder
 
@@ -162,7 +162,7 @@ def test_prefetch_trial_runs_at_the_chosen_worker_count_not_the_fastest(monkeypa
                      seconds=0.1, startup_s=0.01, data_bound=0.9, busy_share=0.9,
                      cpu_share=0.9), {}
 
-    monkeypatch.setattr(fmq_loader.tune, "_run_trial", measured)
+    monkeypatch.setattr(fmq_loader.tools.tune, "_run_trial", measured)
     res = tune({"loader": {"batch_size": 4}}, budget_s=3.0, workers=[1, 2], prefetch=[2, 4],
                dataset=list(range(100)))
     assert [(t.num_workers, t.prefetch_factor) for t in res.trials] == [(1, 2), (2, 2), (1, 4)]

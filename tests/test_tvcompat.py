@@ -14,7 +14,7 @@ from torchvision.transforms import v2  # noqa: E402
 
 from _images import image_folder  # noqa: E402
 from fmq_loader import FMQLoader, ImageFolder  # noqa: E402
-from fmq_loader.tvcompat import accelerate, torchvision_crop_params  # noqa: E402
+from fmq_loader.images.tvcompat import accelerate, torchvision_crop_params  # noqa: E402
 
 
 def test_crop_parameters_are_drawn_as_torchvision_draws_them():

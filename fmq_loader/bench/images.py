@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 
 from fmq_loader import transforms as T
-from fmq_loader.datasets import ImageFolder
+from fmq_loader.images.datasets import ImageFolder
 from fmq_loader.decode import fast_decoder_available, region_decoder_available
 from fmq_loader.bench.imagesets import IMAGE_SETS, describe, prepare
 

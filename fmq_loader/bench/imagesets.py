@@ -43,12 +43,12 @@ def prepare(name: str, images: int, seed: int = 0, root: str | None = None,
     if os.path.isdir(folder) and os.listdir(folder):
         return folder
     if name == "skimage":
-        from fmq_loader.photos import make_photo_dataset, photo_sources
+        from fmq_loader.images.photos import make_photo_dataset, photo_sources
 
         per_class = max(1, images // len(photo_sources()))
         make_photo_dataset(folder, per_class=per_class, size=size, seed=seed, progress=progress)
     else:
-        from fmq_loader.synth import make_dataset
+        from fmq_loader.images.synth import make_dataset
 
         classes = 10 if images >= 10 else 1
         make_dataset(folder, classes=classes, per_class=max(1, images // classes), size=size,

@@ -337,7 +337,7 @@ def sweep(root: str, workers, runs: int, **kw) -> dict:
 def _plot(args, root: str, workers, images_line: str) -> int:
     import platform
 
-    from fmq_loader.bench.plot import plot_workers
+    from fmq_loader.tools.plot import plot_workers
 
     res = sweep(root, workers, args.runs, batch_size=args.batch_size, ctx=args.context,
                 fmq_pipeline=args.fmq_pipeline, decoder=args.decoder)
@@ -397,7 +397,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.plot:
-        from fmq_loader.bench.plot import PlotUnavailable, require_matplotlib
+        from fmq_loader.tools.plot import PlotUnavailable, require_matplotlib
 
         try:
             require_matplotlib()

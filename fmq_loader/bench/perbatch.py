@@ -69,7 +69,7 @@ def per_thread(batches: int, delay_s: float) -> dict[str, float]:
 
 def decode_hot_and_cold(repeats: int = 60) -> tuple[float, float]:
     """Median µs of codec.decode for [images, labels]: back to back, and after a 10 ms sleep."""
-    from fmq_loader import codec
+    from fmq_loader.transport import codec
 
     stream, buffers = codec.encode([torch.zeros(64, 3, 224, 224, dtype=torch.uint8),
                                     torch.arange(64)])

@@ -28,17 +28,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy.random  # noqa: F401 -- loaded now, not lazily in the middle of an epoch
 
-from . import datapipes
-from .collate import PartsJoin, concat_batches, default_collate, own_rows
+from ..workers import datapipes
+from ..workers.collate import PartsJoin, concat_batches, default_collate, own_rows
 from .pinning import pin
-from .errors import QueueClosed, QueueTimeout, WorkerError
-from .stealer import WatchedFdReady
-from .stats import batch_size_of
-from .worker import EndOfData, WorkerFailure, describe_failure
+from ..errors import QueueClosed, QueueTimeout, WorkerError
+from ..transport.stealer import WatchedFdReady
+from ..workers.stats import batch_size_of
+from ..workers.worker import EndOfData, WorkerFailure, describe_failure
 
 if TYPE_CHECKING:
     from .loader import FMQLoader
-    from .pool import ProducerPool
+    from ..workers.pool import ProducerPool
 
 __all__ = ["PullEpoch", "PushEpoch", "warn_if_past_reported_length"]
 

@@ -15,8 +15,8 @@ import os
 from typing import Any
 
 from .config import _LOADER_KEYS, LoaderConfig, load_config
-from .errors import ConfigError
-from .loader import FMQLoader, _is_iterable_dataset
+from ..errors import ConfigError
+from ..loading.loader import FMQLoader, _is_iterable_dataset
 
 __all__ = ["build_dataset", "build_from_config", "build_transform", "check_dataset_root",
            "loader_from_config", "torch_loader_from_config"]
@@ -30,7 +30,7 @@ def _as_config(config, overrides=None) -> LoaderConfig:
 
 def build_transform(config) -> Any:
     """The ``dataset.transforms`` pipeline as one ``transforms.Compose`` (None if empty)."""
-    from . import transforms as T
+    from ..images import transforms as T
 
     cfg = _as_config(config)
     steps = [getattr(T, t.name)(**t.kwargs()) for t in cfg.dataset.transforms]
@@ -83,8 +83,8 @@ def build_dataset(config, *, progress: bool = False, root: str | os.PathLike | N
         ConfigError: what ``check_dataset_root`` refuses, or a root that ImageFolder
             cannot read; the message points at ``dataset.root``.
     """
-    from .datasets import ImageFolder
-    from .synth import make_dataset
+    from ..images.datasets import ImageFolder
+    from ..images.synth import make_dataset
 
     cfg = _as_config(config)
     ds = cfg.dataset

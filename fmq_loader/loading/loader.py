@@ -50,15 +50,15 @@ import torch
 from torch.utils.data import (BatchSampler, DistributedSampler, IterableDataset, RandomSampler,
                               Sampler, SequentialSampler)
 
-from . import datapipes
-from .collate import default_collate, default_convert
+from ..workers import datapipes
+from ..workers.collate import default_collate, default_convert
 from .distributed import EpochOrder, detect_rank
 from .epoch import PullEpoch, PushEpoch, warn_if_past_reported_length, watch_for_exit
 from .pinning import pin, pin_settings
-from .pool import ProducerPool, warm_pillow
+from ..workers.pool import ProducerPool, warm_pillow
 from .resume import EpochProgress, loader_state, order_sampler, parse_state
-from .stats import LoaderStats, Meter
-from .worker import load_batch
+from ..workers.stats import LoaderStats, Meter
+from ..workers.worker import load_batch
 
 __all__ = ["FMQLoader"]
 
@@ -732,7 +732,9 @@ def _close_pools(pools: set) -> None:
         pools.pop().close()
 
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# The whole fmq_loader package (this file is in fmq_loader/loading/): a warning raised from
+# tools/build.py must skip those frames too.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 def _user_stacklevel() -> int:

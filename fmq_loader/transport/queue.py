@@ -50,7 +50,7 @@ import numpy as np
 from _multiprocessing import SemLock
 
 from . import codec
-from .errors import QueueClosed
+from ..errors import QueueClosed
 from .shm import SlabArena, align
 from .stealer import FRAME as _FRAME, Stealer, WatchedFdReady, _Failed
 

@@ -24,9 +24,9 @@ from typing import Callable
 
 import numpy as np
 
-from fmq_loader.datasets import TransformedImages, _IndexView
-from fmq_loader.decode import EncodedImage, RawImage
-from fmq_loader.packfile import FORMAT_VERSION, KIND_JPEG, KIND_RAW, PackError, Shard
+from fmq_loader.images.datasets import TransformedImages, _IndexView
+from fmq_loader.images.decode import EncodedImage, RawImage
+from fmq_loader.images.packfile import FORMAT_VERSION, KIND_JPEG, KIND_RAW, PackError, Shard
 
 __all__ = ["META_NAME", "PACK_FORMAT", "PackedImages", "read_meta"]
 

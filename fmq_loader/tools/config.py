@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = [
     "BenchConfig", "DatasetConfig", "LoaderConfig", "LoaderSection", "QueueConfig",
@@ -653,7 +653,7 @@ def _check_combinations(cfg: LoaderConfig) -> None:
 
 def _check_transforms(value, key: str, where: dict[str, str],
                       source: str) -> tuple[TransformSpec, ...]:
-    from . import transforms as T
+    from ..images import transforms as T
 
     def loc(k: str) -> str:
         return where.get(k, source)

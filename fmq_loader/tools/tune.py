@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from .config import LoaderConfig, dump_config, load_config
-from .errors import FMQError
+from ..errors import FMQError
 
 __all__ = ["TuneError", "Trial", "TuneResult", "tune", "worker_ladder"]
 
@@ -369,7 +369,7 @@ def tune(config, *, budget_s: float = 60.0, workers: Sequence[int] | None = None
         ConfigError: a bad config.
     """
     from .build import build_dataset
-    from .decode import fast_decoder_available
+    from ..images.decode import fast_decoder_available
 
     cfg = load_config(config, overrides)
     if not isinstance(budget_s, (int, float)) or budget_s != budget_s:

@@ -19,7 +19,7 @@ import struct
 import threading
 from typing import Callable
 
-from .errors import ProducersGone, QueueClosed
+from ..errors import ProducersGone, QueueClosed
 
 __all__ = ["Stealer", "WatchedFdReady"]
 

@@ -50,7 +50,7 @@ def _positive_int(text: str) -> int:
 
 
 def _cmd_make_dataset(args: argparse.Namespace) -> int:
-    from fmq_loader.synth import make_dataset
+    from fmq_loader.images.synth import make_dataset
 
     try:
         root = make_dataset(args.dir, classes=args.classes, per_class=args.per_class,
@@ -83,7 +83,7 @@ def _add_config_args(p: argparse.ArgumentParser, positional: bool = False) -> No
 
 def _load(args: argparse.Namespace, flags: dict | None = None):
     """The config with the flags (dotted key -> (value, flag as typed)), then --set."""
-    from fmq_loader.config import load_config
+    from fmq_loader.tools.config import load_config
 
     return load_config(args.config, args.overrides, flags=flags)
 
@@ -93,7 +93,7 @@ def _data_flag(args: argparse.Namespace) -> dict:
 
 
 def _dataset(cfg, progress: bool):
-    from fmq_loader.build import build_dataset, check_dataset_root
+    from fmq_loader.tools.build import build_dataset, check_dataset_root
 
     root = cfg.dataset.root
     if check_dataset_root(cfg) == "generate":
@@ -116,7 +116,7 @@ def _describe(cfg, dataset) -> str:
 
 
 def _make_loader(kind: str, cfg, dataset):
-    from fmq_loader.build import loader_from_config, torch_loader_from_config
+    from fmq_loader.tools.build import loader_from_config, torch_loader_from_config
 
     return (loader_from_config if kind == "fmq" else torch_loader_from_config)(dataset, cfg)
 
@@ -133,7 +133,7 @@ _LOADER_NAMES = {"fmq": "FMQLoader", "torch": "torch DataLoader"}
 def _cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from fmq_loader.demo import train
+    from fmq_loader.tools.demo import train
     from fmq_loader.progress import Progress
 
     flags = _data_flag(args)
@@ -186,14 +186,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from fmq_loader.demo import time_loader
+    from fmq_loader.tools.demo import time_loader
     from fmq_loader.progress import Progress
 
     flags = _data_flag(args)
     if args.batches is not None:
         flags["bench.batches"] = (args.batches, f"--batches {args.batches}")
     if args.plot is not None:
-        from fmq_loader.bench.plot import PlotUnavailable, require_matplotlib
+        from fmq_loader.tools.plot import PlotUnavailable, require_matplotlib
 
         try:
             require_matplotlib()
@@ -254,7 +254,7 @@ def _int_list(text: str) -> list[int]:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from fmq_loader.progress import Progress
-    from fmq_loader.tune import TuneError, tune
+    from fmq_loader.tools.tune import TuneError, tune
 
     if args.budget_s != args.budget_s or args.budget_s <= 0:
         raise UsageError(f"--budget-s must be a positive number of seconds, got {args.budget_s}")
@@ -311,9 +311,9 @@ def _bench_plot(args: argparse.Namespace, cfg, dataset, n: int) -> int:
 
     import torch
 
-    from fmq_loader.bench.plot import plot_workers
-    from fmq_loader.build import loader_from_config, torch_loader_from_config
-    from fmq_loader.demo import time_loader
+    from fmq_loader.tools.plot import plot_workers
+    from fmq_loader.tools.build import loader_from_config, torch_loader_from_config
+    from fmq_loader.tools.demo import time_loader
     from fmq_loader.progress import Progress
 
     workers = args.workers or list(range(1, min(4, 2 * (os.cpu_count() or 1)) + 1))
@@ -356,7 +356,7 @@ def _bench_plot(args: argparse.Namespace, cfg, dataset, n: int) -> int:
 
 
 def _cmd_show_config(args: argparse.Namespace) -> int:
-    from fmq_loader.config import dump_config
+    from fmq_loader.tools.config import dump_config
 
     cfg = _load(args)
     print(f"# resolved from {cfg.source}" + (f" with --set {' '.join(args.overrides)}"
@@ -367,8 +367,8 @@ def _cmd_show_config(args: argparse.Namespace) -> int:
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     """Check every file, as train would read it; one line per file, exit 2 if any failed."""
-    from fmq_loader.build import check_dataset_root
-    from fmq_loader.config import load_config
+    from fmq_loader.tools.build import check_dataset_root
+    from fmq_loader.tools.config import load_config
     from fmq_loader.errors import ConfigError
 
     failed = 0
@@ -517,7 +517,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="override one key (value parsed as YAML); repeatable")
     p.set_defaults(func=_cmd_check_config)
 
-    from fmq_loader.cli_pack import add_parser as add_pack_parser
+    from fmq_loader.tools.cli_pack import add_parser as add_pack_parser
 
     add_pack_parser(sub)
     return parser

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .progress import Progress
+from ..progress import Progress
 
 __all__ = ["make_dataset", "make_image", "REALISM"]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .progress import Progress
+from ..progress import Progress
 from .synth import _check_positive_int, _check_size
 
 __all__ = ["PHOTOS", "make_photo_dataset", "photo_sources"]

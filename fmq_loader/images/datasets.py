@@ -38,9 +38,9 @@ from typing import Callable
 
 import numpy as np
 
-from fmq_loader.decode import DecodeError, EncodedImage, check_decoder, read_bytes
-from fmq_loader.transforms import use_rng
-from fmq_loader.tvcompat import accelerate
+from fmq_loader.images.decode import DecodeError, EncodedImage, check_decoder, read_bytes
+from fmq_loader.images.transforms import use_rng
+from fmq_loader.images.tvcompat import accelerate
 
 __all__ = ["IMG_EXTENSIONS", "ON_ERROR", "ImageFolder", "TransformedImages"]
 

@@ -43,7 +43,7 @@ from multiprocessing import reduction
 
 import numpy as np
 
-from .errors import BatchTooLarge
+from ..errors import BatchTooLarge
 
 __all__ = ["SlabArena", "GROW_STEP_BYTES", "available_memory"]
 

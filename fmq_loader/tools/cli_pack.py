@@ -9,10 +9,10 @@ __all__ = ["add_parser"]
 
 
 def _cmd_pack(args: argparse.Namespace) -> int:
-    from fmq_loader.cli import UsageError
-    from fmq_loader.decode import DecodeError
-    from fmq_loader.pack import PackOptions, pack, parse_size
-    from fmq_loader.packfile import PackError
+    from fmq_loader.tools.cli import UsageError
+    from fmq_loader.images.decode import DecodeError
+    from fmq_loader.images.pack import PackOptions, pack, parse_size
+    from fmq_loader.images.packfile import PackError
 
     try:
         shard_bytes = parse_size(args.shard_size)
@@ -40,7 +40,7 @@ def _cmd_pack(args: argparse.Namespace) -> int:
 
 def add_parser(sub) -> None:
     """Register ``pack`` on the ``fmq-loader`` subparsers."""
-    from fmq_loader.cli import _positive_int
+    from fmq_loader.tools.cli import _positive_int
 
     p = sub.add_parser(
         "pack", help="pack an image folder into pre-resized shards that PackedImages reads",

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .errors import CollateError
+from ..errors import CollateError
 
 __all__ = ["default_collate", "default_convert", "concat_batches", "part_mismatch", "PartsJoin"]
 
