@@ -5,6 +5,7 @@ your process rebuilds them as zero-copy tensors before your loop asks.
 """
 
 from . import transforms  # the public path; the code is in images/transforms.py
+from . import _version
 from .decode import DecodeError
 from .errors import (BatchTooLarge, CollateError, ConfigError, FMQError, ProducersGone,
                      QueueClosed, QueueTimeout, WorkerError)
@@ -19,7 +20,7 @@ from .transport.queue import Queue
 from .workers.pool import ProducerPool
 from .workers.worker import WorkerInfo, get_worker_info
 
-__version__ = "0.1.0"
+__version__ = _version.__version__
 
 __all__ = [
     "FMQLoader", "ProducerPool", "Queue", "ImageFolder", "PackedImages", "make_dataset", "transforms",

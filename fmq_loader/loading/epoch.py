@@ -24,7 +24,7 @@ import time
 import warnings
 import weakref
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy.random  # noqa: F401 -- loaded now, not lazily in the middle of an epoch
 
@@ -37,10 +37,45 @@ from ..workers.stats import batch_size_of
 from ..workers.worker import EndOfData, WorkerFailure, describe_failure
 
 if TYPE_CHECKING:
-    from .loader import FMQLoader
     from ..workers.pool import ProducerPool
+    from ..workers.stats import Meter
 
-__all__ = ["PullEpoch", "PushEpoch", "warn_if_past_reported_length"]
+__all__ = ["EpochOwner", "PullEpoch", "PushEpoch", "warn_if_past_reported_length"]
+
+
+class EpochOwner(Protocol):
+    """What an epoch reads of, and calls back on, the loader that owns it (an FMQLoader).
+
+    Spelled out here so that this module does not import loader.py, which imports it.
+    The index sampler is passed to ``PullEpoch`` itself: it is bound per epoch.
+    """
+
+    dataset: Any
+    auto_collation: bool
+    collate_fn: Callable
+    generator: Any
+    in_order: bool
+    timeout: float
+    pin_memory: bool
+    _pin_device: Any
+    _meter: "Meter"
+    _epoch: int
+    _epoch_set: bool
+    _reported_len: int | None
+    _shared_seed: int | None
+    _shared_seed_group: Any
+
+    def __len__(self) -> int: ...
+
+    def _end_epoch(self, it: "_Epoch", clean: bool) -> None: ...
+
+    def _shutdown_pool(self, pool: "ProducerPool") -> None: ...
+
+    def _prefetch_next_epoch(self, epoch: "PullEpoch") -> "PullEpoch | None": ...
+
+    def note_prefetch_draws(self) -> None: ...
+
+    def _prefetch_failed(self, error: Exception) -> None: ...
 
 _POLL_S = 0.1  # how often a waiting next() checks that workers are alive
 # How often a waiting next() writes more of the staged tasks (NOTE [ a task larger than the pipe ]).
@@ -90,7 +125,7 @@ def warn_if_past_reported_length(dataset, reported: int | None, yielded: int, nu
     warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)
 
 
-def _dataset_epoch(loader: "FMQLoader") -> int | None:
+def _dataset_epoch(loader: EpochOwner) -> int | None:
     """``loader.set_epoch()``'s value when the dataset has ``set_epoch``: workers forward it."""
     if loader._epoch_set and callable(getattr(loader.dataset, "set_epoch", None)):
         return loader._epoch
@@ -100,7 +135,7 @@ def _dataset_epoch(loader: "FMQLoader") -> int | None:
 class _Epoch:
     """What both kinds of epoch share: receiving, failures, timeouts, the end."""
 
-    def __init__(self, loader: "FMQLoader", pool: "ProducerPool", current: bool = True) -> None:
+    def __init__(self, loader: EpochOwner, pool: "ProducerPool", current: bool = True) -> None:
         # A prefetched epoch is held by its loader, so it refers back weakly (no cycle
         # that would keep workers alive until the cyclic GC); adopt() makes it strong.
         self._loader = loader if current else weakref.proxy(loader)
@@ -267,11 +302,11 @@ class PullEpoch(_Epoch):
     batch only) into exactly the batch an unsplit task would give.
     """
 
-    def __init__(self, loader: "FMQLoader", pool: "ProducerPool", base_seed: int,
-                 current: bool = True, start: int = 0) -> None:
+    def __init__(self, loader: EpochOwner, pool: "ProducerPool", base_seed: int,
+                 index_sampler, current: bool = True, start: int = 0) -> None:
         super().__init__(loader, pool, current)
         self._current = current  # only the current epoch may start the one after it
-        self._tasks = iter(loader._index_sampler)
+        self._tasks = iter(index_sampler)  # the epoch's batches of indices (or indices)
         self.base_seed = base_seed
         self._dataset_epoch = _dataset_epoch(loader)
         # Place in the epoch of the next task's first sample: it seeds each sample.
@@ -388,7 +423,7 @@ class PullEpoch(_Epoch):
             self._position += self._sizes[first]
             self._published += 1
 
-    def adopt(self, loader: "FMQLoader") -> None:
+    def adopt(self, loader: EpochOwner) -> None:
         """This prefetched epoch becomes the current one (``iter()`` was called)."""
         self._loader = loader
         self._current = True
@@ -487,7 +522,7 @@ class PullEpoch(_Epoch):
 class PushEpoch(_Epoch):
     """An iterable-dataset epoch: per-worker tasks, round-robin, until every worker ends."""
 
-    def __init__(self, loader: "FMQLoader", pool: "ProducerPool", base_seed: int) -> None:
+    def __init__(self, loader: EpochOwner, pool: "ProducerPool", base_seed: int) -> None:
         super().__init__(loader, pool)
         self.base_seed = base_seed
         fresh = not pool.workers

@@ -447,8 +447,7 @@ class FMQLoader(Generic[T_co]):
             # As torch: each iterator has its own workers, for as long as it lives.
             pool = self._new_pool()
             try:
-                it = (PushEpoch(self, pool, self._draw_base_seed()) if self._iterable
-                      else PullEpoch(self, pool, self._draw_base_seed(), start=self._drawn.start))
+                it = self._new_epoch(pool)
                 pool.start(it.base_seed)  # NOTE [ tasks before workers ]
             except BaseException:
                 _close_pool(self._pools, pool)
@@ -491,8 +490,7 @@ class FMQLoader(Generic[T_co]):
             else:
                 if self._epoch_open:
                     pool.skip_below(pool.next_seq)
-                it = (PushEpoch(self, pool, self._draw_base_seed()) if self._iterable
-                      else PullEpoch(self, pool, self._draw_base_seed(), start=self._drawn.start))
+                it = self._new_epoch(pool)
                 self._track(it)
             pool.start(it.base_seed)  # NOTE [ tasks before workers ]; a no-op once started
         except BaseException:
@@ -506,6 +504,13 @@ class FMQLoader(Generic[T_co]):
         self._epoch_open = True
         self._current = weakref.ref(it)
         return it
+
+    def _new_epoch(self, pool: ProducerPool) -> "PullEpoch | PushEpoch":
+        """Begin the next epoch on ``pool``: draw its base seed, bind its order, publish."""
+        base_seed = self._draw_base_seed()  # binds the epoch's order: _index_sampler after it
+        if self._iterable:
+            return PushEpoch(self, pool, base_seed)
+        return PullEpoch(self, pool, base_seed, self._index_sampler, start=self._drawn.start)
 
     def _prefetch_next_epoch(self, epoch) -> "PullEpoch | None":
         """Called when ``epoch``'s sampler runs dry: start the next epoch's tasks now.
@@ -525,7 +530,9 @@ class FMQLoader(Generic[T_co]):
                 obj is not self.dataset for obj in self._epoch_aware()):
             return None
         before = [(g, g.get_state()) for g in self._generators()]
-        self._prefetched = PullEpoch(self, self._pool, self._draw_base_seed(), current=False)
+        base_seed = self._draw_base_seed()  # binds the epoch's order: _index_sampler after it
+        self._prefetched = PullEpoch(self, self._pool, base_seed, self._index_sampler,
+                                     current=False)
         self._prefetched_progress = self._drawn
         self._drawn.ref = weakref.ref(self._prefetched)
         self._prefetch_before = before

@@ -18,16 +18,38 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from torch.utils.data import BatchSampler, DistributedSampler, SequentialSampler
 
 from .distributed import EpochOrder
 
-if TYPE_CHECKING:
-    from .loader import FMQLoader
-
 __all__ = ["EpochProgress", "Resume", "loader_state", "parse_state", "unresumable_reason"]
+
+
+class Resumable(Protocol):
+    """What these functions read of an FMQLoader, spelled out so that this module does not
+    import loader.py (which imports it)."""
+
+    dataset: Any
+    sampler: Any
+    batch_sampler: Any
+    batch_size: int | None
+    drop_last: bool
+    auto_collation: bool
+    num_workers: int
+    in_order: bool
+    seed: int | None
+    _iterable: bool
+    _epoch: int
+    _epoch_set: bool
+    _iterations: int
+    _resume: "Resume | None"
+    _progress: "EpochProgress | None"
+    _prefetched: Any
+    _prefetched_progress: "EpochProgress | None"
+
+    def __len__(self) -> int: ...
 
 FORMAT = "fmq_loader.state/1"
 
@@ -62,7 +84,7 @@ class Resume:
     iterations: int
     sampler_epoch: int | None
 
-    def check(self, loader: "FMQLoader") -> None:
+    def check(self, loader: Resumable) -> None:
         """Raise if ``set_epoch`` since the load points at another epoch than the saved one."""
         if loader._epoch_set and loader._epoch != self.epoch:
             raise ValueError(
@@ -78,14 +100,14 @@ class Resume:
                 f"set_epoch({self.sampler_epoch}) before iter()")
 
 
-def order_sampler(loader: "FMQLoader"):
+def order_sampler(loader: Resumable):
     """The sampler that orders the samples (inside a plain BatchSampler, if any)."""
     if loader.auto_collation and type(loader.batch_sampler) is BatchSampler:
         return loader.batch_sampler.sampler
     return loader.sampler if not loader.auto_collation else None
 
 
-def unresumable_reason(loader: "FMQLoader") -> str | None:
+def unresumable_reason(loader: Resumable) -> str | None:
     """Why this loader's position cannot be saved and restored, or None if it can."""
     if loader._iterable:
         return ("an iterable dataset has no position FMQLoader can restore (each worker iterates "
@@ -107,7 +129,7 @@ def unresumable_reason(loader: "FMQLoader") -> str | None:
     return None
 
 
-def signature(loader: "FMQLoader") -> dict:
+def signature(loader: Resumable) -> dict:
     """What must match between the saved loader and the restoring one."""
     batch_size, drop_last = loader.batch_size, loader.drop_last
     if batch_size is None and loader.auto_collation:  # a user-given BatchSampler
@@ -122,7 +144,7 @@ def signature(loader: "FMQLoader") -> dict:
     return sig
 
 
-def loader_state(loader: "FMQLoader") -> dict:
+def loader_state(loader: Resumable) -> dict:
     """``FMQLoader.state_dict()``: the position of the epoch in progress, or of the next one."""
     reason = unresumable_reason(loader)
     if reason is not None:
@@ -145,7 +167,7 @@ def loader_state(loader: "FMQLoader") -> dict:
             "sampler_epoch": sampler_epoch}
 
 
-def parse_state(loader: "FMQLoader", state) -> Resume | None:
+def parse_state(loader: Resumable, state) -> Resume | None:
     """Check ``state`` against ``loader``; the position to resume, or None (between epochs)."""
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         got = state.get("format") if isinstance(state, dict) else type(state).__name__

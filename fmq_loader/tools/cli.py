@@ -14,39 +14,10 @@ import json
 import os
 import sys
 
+from .cli_common import (PROG, Parser, UsageError, add_config_args, data_flag, int_list, load,
+                         loader_names, parse_size, positive_int)
+
 __all__ = ["main"]
-
-PROG = "fmq-loader"
-
-
-class UsageError(Exception):
-    """A mistake in the command line; reported as one line, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse without the usage dump: a mistake is one line, pointing at --help."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    """'500x375' -> (500, 375)."""
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise argparse.ArgumentTypeError(
-            f"size must be WIDTHxHEIGHT, got {text!r}; e.g. --size 500x375")
-    return int(parts[0]), int(parts[1])
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text!r}")
-    return value
 
 
 def _cmd_make_dataset(args: argparse.Namespace) -> int:
@@ -65,31 +36,6 @@ def _cmd_make_dataset(args: argparse.Namespace) -> int:
     print(f"wrote {total} images ({args.classes} classes x {args.per_class}, "
           f"{args.size[0]}x{args.size[1]}) to {root}")
     return 0
-
-
-# -- config-driven commands ---------------------------------------------------------------
-def _add_config_args(p: argparse.ArgumentParser, positional: bool = False) -> None:
-    if positional:
-        p.add_argument("config", nargs="?", metavar="CONFIG",
-                       help="YAML config (default: the built-in defaults)")
-    else:
-        p.add_argument("-c", "--config", metavar="CONFIG",
-                       help="YAML config, e.g. configs/cpu_small.yaml (default: built-in "
-                            "defaults, see `fmq-loader show-config`)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override one key, value parsed as YAML; repeatable, e.g. "
-                        "--set loader.num_workers=4 --set dataset.on_error=skip")
-
-
-def _load(args: argparse.Namespace, flags: dict | None = None):
-    """The config with the flags (dotted key -> (value, flag as typed)), then --set."""
-    from fmq_loader.tools.config import load_config
-
-    return load_config(args.config, args.overrides, flags=flags)
-
-
-def _data_flag(args: argparse.Namespace) -> dict:
-    return {} if args.data is None else {"dataset.root": (args.data, f"--data {args.data}")}
 
 
 def _dataset(cfg, progress: bool):
@@ -136,10 +82,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from fmq_loader.tools.demo import train
     from fmq_loader.progress import Progress
 
-    flags = _data_flag(args)
+    flags = data_flag(args)
     if args.steps is not None:
         flags["train.steps"] = (args.steps, f"--steps {args.steps}")
-    cfg = _load(args, flags)
+    cfg = load(args, flags)
     dataset = _dataset(cfg, progress=not args.no_progress)
     tc = cfg.train
     if tc.threads is not None:
@@ -189,7 +135,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from fmq_loader.tools.demo import time_loader
     from fmq_loader.progress import Progress
 
-    flags = _data_flag(args)
+    flags = data_flag(args)
     if args.batches is not None:
         flags["bench.batches"] = (args.batches, f"--batches {args.batches}")
     if args.plot is not None:
@@ -206,7 +152,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     elif args.workers is not None:
         raise UsageError("--workers is for the --plot sweep; add --plot FILE.png, or set "
                          "one count with --set loader.num_workers=N")
-    cfg = _load(args, flags)
+    cfg = load(args, flags)
     dataset = _dataset(cfg, progress=not args.no_progress)
     n = cfg.bench.batches
     if args.plot is not None:
@@ -241,17 +187,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        values = []
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"must be a comma-separated list of ints >= 1, "
-                                         f"got {text!r}; e.g. 1,2,4")
-    return values
-
-
 def _cmd_tune(args: argparse.Namespace) -> int:
     from fmq_loader.progress import Progress
     from fmq_loader.tools.tune import TuneError, tune
@@ -261,7 +196,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     if not 0 <= args.step_ms < args.budget_s * 50:
         raise UsageError(f"--step-ms must be >= 0 and under 1/20 of --budget-s, got "
                          f"{args.step_ms:g}; e.g. --step-ms 50 for a 50 ms training step")
-    cfg = _load(args, _data_flag(args))
+    cfg = load(args, data_flag(args))
     if args.out is not None:
         folder = os.path.dirname(os.path.abspath(args.out))
         if not os.path.isdir(folder):
@@ -358,7 +293,7 @@ def _bench_plot(args: argparse.Namespace, cfg, dataset, n: int) -> int:
 def _cmd_show_config(args: argparse.Namespace) -> int:
     from fmq_loader.tools.config import dump_config
 
-    cfg = _load(args)
+    cfg = load(args)
     print(f"# resolved from {cfg.source}" + (f" with --set {' '.join(args.overrides)}"
                                              if args.overrides else ""))
     print(dump_config(cfg, comments=not args.no_comments), end="")
@@ -394,17 +329,10 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
-def _loaders(text: str) -> list[str]:
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    if not names or any(n not in ("fmq", "torch") for n in names):
-        raise argparse.ArgumentTypeError(f"must be fmq, torch or fmq,torch, got {text!r}")
-    return names
-
-
 def _build_parser() -> argparse.ArgumentParser:
-    from fmq_loader import __version__
+    from fmq_loader._version import __version__
 
-    parser = _Parser(
+    parser = Parser(
         prog=PROG, description="fmq_loader: a fast drop-in torch DataLoader.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example (generates a small image folder on first use):\n"
@@ -422,11 +350,11 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Write DIR/class_000/img_00000.jpg ...: JPEGs that compress like photos "
                     "(smooth structure plus noise), for tests, examples and benchmarks.")
     p.add_argument("dir", metavar="DIR", help="folder to create (existing files are overwritten)")
-    p.add_argument("--classes", type=_positive_int, default=10, metavar="N",
+    p.add_argument("--classes", type=positive_int, default=10, metavar="N",
                    help="number of class folders (default 10)")
-    p.add_argument("--per-class", type=_positive_int, default=100, metavar="M",
+    p.add_argument("--per-class", type=positive_int, default=100, metavar="M",
                    help="images per class (default 100)")
-    p.add_argument("--size", type=_parse_size, default=(500, 375), metavar="WxH",
+    p.add_argument("--size", type=parse_size, default=(500, 375), metavar="WxH",
                    help="image width x height in pixels (default 500x375)")
     p.add_argument("--seed", type=int, default=0, help="images depend only on the seed (default 0)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality 1-95 (default 90)")
@@ -439,11 +367,11 @@ def _build_parser() -> argparse.ArgumentParser:
                     "(generated first when dataset.generate_if_missing is true), printing the "
                     "loss, images/s, and the share of loop time spent waiting for data. "
                     "e.g. fmq-loader train --config configs/cpu_small.yaml --loader both")
-    _add_config_args(p)
+    add_config_args(p)
     p.add_argument("--loader", choices=("fmq", "torch", "both"), default="fmq",
                    help="FMQLoader, torch DataLoader, or both one after the other with a "
                         "side-by-side table (default fmq)")
-    p.add_argument("--steps", type=_positive_int, metavar="N", help="sets train.steps")
+    p.add_argument("--steps", type=positive_int, metavar="N", help="sets train.steps")
     p.add_argument("--data", metavar="DIR", help="sets dataset.root")
     p.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     p.add_argument("--no-progress", action="store_true",
@@ -454,17 +382,17 @@ def _build_parser() -> argparse.ArgumentParser:
         "bench", help="FMQLoader vs torch DataLoader on a config: images/s, time to first batch",
         description="Iterate the config's dataset with each loader: time to the first batch "
                     "(worker start-up included), then images/s over bench.batches batches.")
-    _add_config_args(p)
-    p.add_argument("--loaders", type=_loaders, default=["fmq", "torch"], metavar="LIST",
+    add_config_args(p)
+    p.add_argument("--loaders", type=loader_names, default=["fmq", "torch"], metavar="LIST",
                    help="fmq, torch or fmq,torch (default fmq,torch)")
-    p.add_argument("--batches", type=_positive_int, metavar="N", help="sets bench.batches")
+    p.add_argument("--batches", type=positive_int, metavar="N", help="sets bench.batches")
     p.add_argument("--data", metavar="DIR", help="sets dataset.root")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--plot", metavar="FILE.png",
                    help="sweep num_workers (--workers) for each loader and draw images/s "
                         "against num_workers as a PNG (needs matplotlib: pip install "
                         "\"fmq-loader[plot]\")")
-    p.add_argument("--workers", type=_int_list, metavar="LIST",
+    p.add_argument("--workers", type=int_list, metavar="LIST",
                    help="num_workers values for --plot (default 1,2,... up to 4, at most twice "
                         "the cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -479,15 +407,15 @@ def _build_parser() -> argparse.ArgumentParser:
                     "decode-, I/O-, shared-memory- or consumer-bound, and write the best "
                     "settings as a config (--out). e.g. fmq-loader tune "
                     "configs/cpu_small.yaml --budget-s 60 --out best.yaml")
-    _add_config_args(p, positional=True)
+    add_config_args(p, positional=True)
     p.add_argument("--budget-s", type=float, default=60.0, metavar="S",
                    help="seconds for all trials together (default 60)")
     p.add_argument("--out", metavar="FILE.yaml",
                    help="write the config with the best settings here")
-    p.add_argument("--workers", type=_int_list, metavar="LIST",
+    p.add_argument("--workers", type=int_list, metavar="LIST",
                    help="num_workers values to try, e.g. 1,2,4 (default: 1, 2, 3, 4, 6, ... "
                         "up to twice the cores); 1 is always tried")
-    p.add_argument("--prefetch", type=_int_list, metavar="LIST",
+    p.add_argument("--prefetch", type=int_list, metavar="LIST",
                    help="prefetch_factor values, the first used for the worker sweep "
                         "(default: the config's, then 4 and 2)")
     p.add_argument("--step-ms", type=float, default=0.0, metavar="MS",
@@ -502,7 +430,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "show-config", help="print the resolved config, defaults included",
         description="Print CONFIG merged with the defaults and --set overrides, as YAML that "
                     "load_config reads back; each key with a one-line comment.")
-    _add_config_args(p, positional=True)
+    add_config_args(p, positional=True)
     p.add_argument("--no-comments", action="store_true", help="omit the comments")
     p.set_defaults(func=_cmd_show_config)
 

@@ -1,4 +1,4 @@
-"""``fmq-loader pack``: the command line of pack.py (registered by cli.py)."""
+"""``fmq-loader pack``: the command line of pack.py (registered by cli.py; shares cli_common.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ __all__ = ["add_parser"]
 
 
 def _cmd_pack(args: argparse.Namespace) -> int:
-    from fmq_loader.tools.cli import UsageError
+    from fmq_loader.tools.cli_common import UsageError
     from fmq_loader.images.decode import DecodeError
     from fmq_loader.images.pack import PackOptions, pack, parse_size
     from fmq_loader.images.packfile import PackError
@@ -40,7 +40,7 @@ def _cmd_pack(args: argparse.Namespace) -> int:
 
 def add_parser(sub) -> None:
     """Register ``pack`` on the ``fmq-loader`` subparsers."""
-    from fmq_loader.tools.cli import _positive_int
+    from fmq_loader.tools.cli_common import positive_int
 
     p = sub.add_parser(
         "pack", help="pack an image folder into pre-resized shards that PackedImages reads",
@@ -52,9 +52,9 @@ def add_parser(sub) -> None:
     p.add_argument("src", metavar="SRC", help="ImageFolder root, or a .csv/.json of path,label")
     p.add_argument("out", metavar="OUT", help="folder to write the pack into (new or empty)")
     side = p.add_mutually_exclusive_group()
-    side.add_argument("--short-side", type=_positive_int, default=256, metavar="N",
+    side.add_argument("--short-side", type=positive_int, default=256, metavar="N",
                       help="shrink so the shorter side is at most N (default 256)")
-    side.add_argument("--max-side", type=_positive_int, metavar="N",
+    side.add_argument("--max-side", type=positive_int, metavar="N",
                       help="shrink so the longer side is at most N instead")
     p.add_argument("--format", choices=("jpeg", "raw"), default="jpeg",
                    help="store JPEG bytes (default) or raw uint8 pixels (no decode at all; "

@@ -282,7 +282,8 @@ class ProducerPool:
                                   drop_last, batch_size, worker_init_fn, reader,
                                   self.results, iterable, None if iterable else self._board_r,
                                   self._board_lock, self.control, self.worker_stats, base_seed,
-                                  *world_and_rank())
+                                  *world_and_rank(),
+                                  forget_inherited=ProducerPool.forget_inherited)
                 proc = self._ctx.Process(target=run_worker, args=(spec,), name=f"fmq-worker-{wid}",
                                          daemon=True)
                 # A Ctrl-C during the start is raised when the block ends: by then the

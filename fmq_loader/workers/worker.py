@@ -53,6 +53,10 @@ class WorkerSpec:
     base_seed: int = 0  # the first epoch's: the worker's seed is base_seed + worker_id
     world_size: int = 1  # torch.distributed's, read in the main process (DataPipe sharding)
     rank: int = 0
+    # Called with ``results`` first thing: closes what a forked worker inherited of the
+    # parent's other pools (pool.ProducerPool.forget_inherited; passed in, as this module
+    # runs below the pool and must not import it).
+    forget_inherited: Callable[[Any], None] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,9 +254,8 @@ def run_worker(spec: WorkerSpec) -> None:
     _keep_freed_memory()
     results = spec.results
     results.cancel_join_thread()  # never hang at exit on a consumer that stopped reading
-    from .pool import ProducerPool
-
-    ProducerPool.forget_inherited(results)  # fork: other loaders' slabs and pipes
+    if spec.forget_inherited is not None:
+        spec.forget_inherited(results)  # fork: other loaders' slabs and pipes
     parent = __import__("multiprocessing").parent_process()
     sentinel = [parent.sentinel] if parent is not None else []
     if parent is not None:
