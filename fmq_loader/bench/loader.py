@@ -31,6 +31,8 @@ run and is not half first-epoch start-up; images/s counts the 2 epochs only.
         [--fmq-pipeline packed-jpeg]   # FMQLoader + PackedImages (fmq-loader pack, short side 256;
         [--fmq-pipeline packed-raw]    #   JPEG or raw records) against DataLoader + the plain Dataset
         [--plot FILE.png --workers 1,2,3,4]   # images/s against num_workers, both loaders, a chart
+
+A little over the ~400-line guide: one benchmark, its run and its table.
 """
 
 from __future__ import annotations

@@ -50,6 +50,9 @@ with simplejpeg 1.9 and Pillow 13 wheels they were bit-identical on our test ima
 Conversion to RGB: L, LA, P, PA, RGBA, CMYK, YCbCr, 1 go through ``Image.convert("RGB")``
 (alpha is dropped, as torchvision's loader does); 16-bit grayscale (I;16*, and I with
 values above 255) is scaled by 1/257; F is clipped to [0, 255].
+
+A little over the ~400-line guide: EncodedImage (~200 lines) is one class choosing among
+three decoders and reduced scales.
 """
 
 from __future__ import annotations

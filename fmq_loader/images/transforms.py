@@ -15,6 +15,9 @@ which torch's DataLoader (and ours) seed per worker. ``use_rng(rng)`` installs a
 ``random.Random`` for the current thread, e.g. one seeded per sample by
 ``ImageFolder(seed=...)``, so the same seed gives the same augmentations whatever
 ``num_workers`` is.
+
+Longer than the ~400-line guide: the public ``fmq_loader.transforms`` namespace is one
+module of small classes, as torchvision's transforms are.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ epoch's sampler runs dry, so its first batches are ready when ``iter()`` comes.
 tasks, round-robin, as torch does, since each worker iterates its own copy.
 
 See NOTE [ fmq shutdown order ] in loader.py for who closes what.
+
+Longer than the ~400-line guide: PullEpoch and PushEpoch are two halves of one
+protocol with the pool and share _Epoch's receiving, failure and end-of-epoch code.
 """
 
 from __future__ import annotations

@@ -28,59 +28,39 @@ NOTE [ fmq shutdown order ]
     moment the main process dies (a thread in each waits on the parent's
     sentinel), and a worker forked by one loader drops the descriptors it
     inherited of every other (pool.ProducerPool.forget_inherited).
+
+Longer than the ~400-line guide: FMQLoader is one class whose methods share the
+epoch, pool, prefetch and resume state; its keyword checks are in arguments.py, its
+``num_workers=0`` path in inprocess.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import logging
-import multiprocessing as mp
-import os
-import random
-import sys
 import threading
-import warnings
 import weakref
-from time import perf_counter
 from typing import Callable, Generic, Iterable, TypeVar
 
 import numpy as np
 import torch
-from torch.utils.data import (BatchSampler, DistributedSampler, IterableDataset, RandomSampler,
-                              Sampler, SequentialSampler)
+from torch.utils.data import BatchSampler, DistributedSampler, Sampler
 
 from ..workers import datapipes
 from ..workers.collate import default_collate, default_convert
-from .distributed import EpochOrder, detect_rank
-from .epoch import PullEpoch, PushEpoch, warn_if_past_reported_length, watch_for_exit
-from .pinning import pin, pin_settings
 from ..workers.pool import ProducerPool, warm_pillow
-from .resume import EpochProgress, loader_state, order_sampler, parse_state
 from ..workers.stats import LoaderStats, Meter
-from ..workers.worker import load_batch
+from .arguments import (check_arguments, check_log_every_s, resolve_context,
+                        warn_if_more_workers_than_cpus)
+from .distributed import EpochOrder
+from .epoch import PullEpoch, PushEpoch, watch_for_exit
+from .inprocess import InProcessEpoch, in_process_iterable, metered
+from .pinning import pin_settings
+from .resume import EpochProgress, loader_state, order_sampler, parse_state
 
 __all__ = ["FMQLoader"]
 
 logger = logging.getLogger(__name__)
 stats_logger = logging.getLogger("fmq_loader.stats")
-
-
-class _InfiniteIndices(Sampler):
-    """Stands in for the sampler of an iterable dataset (yields None forever)."""
-
-    def __init__(self) -> None:
-        pass
-
-    def __iter__(self):
-        while True:
-            yield None
-
-
-def _is_iterable_dataset(dataset) -> bool:
-    if isinstance(dataset, IterableDataset):
-        return True
-    return not hasattr(dataset, "__getitem__") and hasattr(dataset, "__iter__")
 
 
 T_co = TypeVar("T_co", covariant=True)
@@ -125,91 +105,15 @@ class FMQLoader(Generic[T_co]):
                  in_order: bool = True, extra_slabs: int = 4, seed: int | None = None,
                  prefetch_next_epoch: bool = True, log_every_s: float | None = None,
                  distributed: bool = False) -> None:
-        if not isinstance(num_workers, int):  # (a bool passes, as in torch)
-            raise TypeError(f"num_workers must be an int (0 loads in this process), got "
-                            f"{num_workers!r} of type {type(num_workers).__name__}")
-        if num_workers < 0:
-            raise ValueError("num_workers option should be non-negative; use num_workers=0 to "
-                             f"disable multiprocessing, got {num_workers!r}")
-        if not isinstance(extra_slabs, int) or isinstance(extra_slabs, bool) or extra_slabs < 0:
-            raise ValueError(f"extra_slabs must be an int >= 0 (shared-memory slabs for batches "
-                             f"your loop keeps), got {extra_slabs!r}")
-        if timeout < 0:
-            raise ValueError(f"timeout option should be non-negative, got {timeout!r}")
-        if num_workers == 0 and prefetch_factor is not None:
-            raise ValueError("prefetch_factor option could only be specified in multiprocessing. "
-                             "let num_workers > 0 to enable multiprocessing, otherwise set "
-                             "prefetch_factor to None.")
-        if num_workers > 0 and prefetch_factor is None:
-            prefetch_factor = 2
-        if prefetch_factor is not None and prefetch_factor < 0:
-            raise ValueError(f"prefetch_factor option should be non-negative, got {prefetch_factor!r}")
-        if num_workers > 0 and (not isinstance(prefetch_factor, int) or isinstance(prefetch_factor, bool)
-                                or prefetch_factor == 0):
-            # torch accepts these here and fails later (an AssertionError at iter() for 0);
-            # with 0 no worker could ever start a batch, and next() would wait for good
-            raise ValueError(f"prefetch_factor must be an int >= 1 with num_workers={num_workers} "
-                             f"(how many batches each worker may prepare ahead), got "
-                             f"{prefetch_factor!r}")
-        if persistent_workers and num_workers == 0:
-            raise ValueError("persistent_workers option needs num_workers > 0")
-        dataset = datapipes.wrap(dataset, shuffle)  # torch's handling of DataPipes: datapipes.py
-        iterable = _is_iterable_dataset(dataset)
-        if datapipes.is_iter_datapipe(dataset):
-            shuffle = None  # it went to the pipe's shufflers
-        if iterable:
-            if shuffle not in (False, None):
-                raise ValueError("DataLoader with IterableDataset: expected unspecified shuffle "
-                                 f"option, but got shuffle={shuffle}")
-            if sampler is not None:
-                raise ValueError("DataLoader with IterableDataset: expected unspecified sampler "
-                                 f"option, but got sampler={sampler}")
-            if batch_sampler is not None:
-                raise ValueError("DataLoader with IterableDataset: expected unspecified "
-                                 f"batch_sampler option, but got batch_sampler={batch_sampler}")
-        shuffle = bool(shuffle)
-        if sampler is not None and shuffle:
-            raise ValueError("sampler option is mutually exclusive with shuffle")
-        if batch_sampler is not None:
-            if batch_size != 1 or shuffle or sampler is not None or drop_last:
-                raise ValueError("batch_sampler option is mutually exclusive with batch_size, "
-                                 "shuffle, sampler, and drop_last")
-            batch_size, drop_last = None, False
-        elif batch_size is None and drop_last:
-            raise ValueError("batch_size=None option disables auto-batching and is mutually "
-                             "exclusive with drop_last")
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-            raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
-        order = None  # the loader's own order, shuffled from (seed, epoch): distributed.py
-        if distributed:
-            if iterable:
-                raise ValueError("distributed=True shards a map-style dataset's indices; an "
-                                 "IterableDataset must shard itself (e.g. by "
-                                 "torch.distributed.get_rank() in __iter__); use distributed=False")
-            if sampler is not None or batch_sampler is not None:
-                raise ValueError("distributed=True builds its own sharded sampler, so it is "
-                                 "mutually exclusive with sampler and batch_sampler; pass "
-                                 "sampler=DistributedSampler(...) instead if you need your own")
-            if generator is not None:
-                raise ValueError("distributed=True shuffles from seed + epoch, as "
-                                 "DistributedSampler does; pass seed= instead of generator=")
-            rank, world = detect_rank()
-            order = EpochOrder(dataset, shuffle=shuffle, seed=0 if seed is None else seed,
-                               num_replicas=world, rank=rank, drop_last=drop_last,
+        # arguments.py: torch's checks and defaults (same errors, same order), and ours
+        args = check_arguments(dataset, batch_size, shuffle, sampler, batch_sampler, num_workers,
+                               drop_last, timeout, generator, prefetch_factor,
+                               persistent_workers, extra_slabs, seed, distributed,
                                on_set_epoch=self.set_epoch)
-        elif sampler is None and shuffle and seed is not None and generator is None and not iterable:
-            order = EpochOrder(dataset, shuffle=True, seed=seed, on_set_epoch=self.set_epoch)
-        if order is not None:
-            sampler = order
-        if sampler is None:
-            if iterable:
-                sampler = _InfiniteIndices()
-            elif shuffle:
-                sampler = RandomSampler(dataset, generator=generator)
-            else:
-                sampler = SequentialSampler(dataset)
-        if batch_size is not None and batch_sampler is None:
-            batch_sampler = BatchSampler(sampler, batch_size, drop_last)
+        dataset, iterable, order = args.dataset, args.iterable, args.order
+        batch_size, drop_last = args.batch_size, args.drop_last
+        sampler, batch_sampler = args.sampler, args.batch_sampler
+        prefetch_factor = args.prefetch_factor
         self.dataset = dataset
         self.batch_size = batch_size
         self.drop_last = drop_last
@@ -234,7 +138,7 @@ class FMQLoader(Generic[T_co]):
         self.pin_memory_device = pin_memory_device
         # pinning.py: False without an accelerator (with torch's warning)
         self.pin_memory, self._pin_device = pin_settings(pin_memory, pin_memory_device, stacklevel=2)
-        _warn_if_more_workers_than_cpus(num_workers)
+        warn_if_more_workers_than_cpus(num_workers)
         self.prefetch_next_epoch = prefetch_next_epoch
         self._prefetched = None
         self._prefetch_error: Exception | None = None  # NOTE [ a failing next epoch ]
@@ -272,10 +176,7 @@ class FMQLoader(Generic[T_co]):
         self._finalizer = weakref.finalize(self, _close_pools, self._pools)
         watch_for_exit()  # after the finalize above: see there
         self._stats_pool: ProducerPool | None = None  # the pool whose workers stats() shows
-        if log_every_s is not None and (not isinstance(log_every_s, (int, float))
-                                        or isinstance(log_every_s, bool) or not log_every_s > 0):
-            raise ValueError(f"log_every_s must be a positive number of seconds or None, "
-                             f"got {log_every_s!r}")
+        check_log_every_s(log_every_s)
         self.log_every_s = log_every_s
         self._meter = Meter(log_every_s, weakref.WeakMethod(self._log_stats))
         self._iter_lock = threading.Lock()
@@ -301,25 +202,7 @@ class FMQLoader(Generic[T_co]):
 
     @multiprocessing_context.setter
     def multiprocessing_context(self, ctx) -> None:
-        self._multiprocessing_context = self._resolve_context(ctx)
-
-    def _resolve_context(self, ctx):
-        if ctx is None:
-            return mp.get_context() if self.num_workers > 0 else None
-        if self.num_workers == 0:
-            raise ValueError("multiprocessing_context can only be used with multi-process "
-                             f"loading (num_workers > 0), but got num_workers={self.num_workers}")
-        if isinstance(ctx, str):
-            valid = mp.get_all_start_methods()
-            if ctx not in valid:
-                raise ValueError("multiprocessing_context option should specify a valid start "
-                                 f"method in {valid!r}, but got multiprocessing_context={ctx!r}")
-            return mp.get_context(ctx)
-        if not isinstance(ctx, mp.context.BaseContext):
-            raise TypeError("multiprocessing_context option should be a valid context object or "
-                            "a string specifying the start method, but got "
-                            f"multiprocessing_context={ctx!r}")
-        return ctx
+        self._multiprocessing_context = resolve_context(ctx, self.num_workers)
 
     # -- torch-compatible surface ------------------------------------------------
     @property
@@ -437,12 +320,12 @@ class FMQLoader(Generic[T_co]):
             datapipes.apply_seed(self.dataset, self._shared_seed)
             datapipes.shard(self.dataset, 1, 0, *datapipes.world_and_rank())  # across ranks only
             if not self._iterable:
-                epoch = _InProcessEpoch(self, base_seed, self._index_sampler, self._drawn)
+                epoch = InProcessEpoch(self, base_seed, self._index_sampler, self._drawn)
                 self._track(epoch)
                 return epoch
-            inner = _in_process_iterable(self)
+            inner = in_process_iterable(self)
             self._track(inner)
-            return _metered(self._meter, inner)
+            return metered(self._meter, inner)
         if not self.persistent_workers:
             # As torch: each iterator has its own workers, for as long as it lives.
             pool = self._new_pool()
@@ -598,7 +481,7 @@ class FMQLoader(Generic[T_co]):
         An iterable dataset's epoch (PushEpoch) starts the workers first: its tasks go
         to each worker's own pipe.
         """
-        _warn_if_more_workers_than_cpus(self.num_workers)  # as torch, per start
+        warn_if_more_workers_than_cpus(self.num_workers)  # as torch, per start
         pool = ProducerPool(
             self.dataset, self.num_workers, self.multiprocessing_context,
             auto_collation=self.auto_collation, collate_fn=self.collate_fn,
@@ -739,150 +622,3 @@ def _close_pools(pools: set) -> None:
         pools.pop().close()
 
 
-# The whole fmq_loader package (this file is in fmq_loader/loading/): a warning raised from
-# tools/build.py must skip those frames too.
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-
-
-def _user_stacklevel() -> int:
-    """``stacklevel`` for a ``warnings.warn`` in the caller that points at the first frame
-    outside fmq_loader: the user's ``FMQLoader(...)``, ``build_from_config(...)`` or
-    ``for batch in loader`` line, however many of our frames lie between (pandas'
-    ``find_stack_level``; ``skip_file_prefixes`` needs Python 3.12)."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-        frame, level = frame.f_back, level + 1
-    return level
-
-
-def _warn_if_more_workers_than_cpus(num_workers: int) -> None:
-    """As torch's DataLoader: more workers than CPUs this process may run on can slow
-    loading down or freeze it (at construction, and where workers start). The warning
-    points at the user's code (``_user_stacklevel``)."""
-    try:
-        cpus: int | None = len(os.sched_getaffinity(0))
-        source = "this process may run on (os.sched_getaffinity)"
-    except AttributeError:  # not Linux
-        cpus, source = os.cpu_count(), "of this machine (os.cpu_count; affinity unknown)"
-    if num_workers <= 0 or (cpus is not None and num_workers <= cpus):
-        return
-    have = f"the {cpus} CPUs {source}" if cpus is not None else "this machine's CPUs (how many is unknown)"
-    warnings.warn(f"num_workers={num_workers}: this DataLoader will create {num_workers} worker "
-                  f"processes, more than {have}. Please be aware that excessive worker creation "
-                  "might get DataLoader running slow or even freeze; lower num_workers if it does.",
-                  UserWarning, stacklevel=_user_stacklevel())
-
-
-def _metered(meter: Meter, batches):
-    """Time each step of ``batches``, ``(samples, batch)`` pairs, for ``stats()``."""
-    start = perf_counter()
-    for samples, batch in batches:
-        meter.record(start, perf_counter(), samples)
-        yield batch
-        start = perf_counter()
-
-
-@contextlib.contextmanager
-def _own_rng_state():
-    """Restore ``random``'s, numpy's and torch's CPU RNG state on exit."""
-    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    try:
-        yield
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
-
-
-_END = object()
-
-
-def _in_process_iterable(loader: FMQLoader):
-    """num_workers=0 with an iterable dataset: its batches, loaded in this process.
-
-    Yields ``(samples in the batch, batch)``; ``_metered`` passes the batch on. (An
-    error inside the dataset's own generator ends it, here as in torch.)
-    """
-    dataset, collate = loader.dataset, loader.collate_fn
-    it, reported, yielded = iter(dataset), loader._reported_len, 0
-    while True:
-        if loader.auto_collation:
-            items = list(itertools.islice(it, loader.batch_size))
-            if not items or (loader.drop_last and len(items) < loader.batch_size):
-                return
-            samples, batch = len(items), collate(items)
-        else:
-            item = next(it, _END)
-            if item is _END:
-                return
-            samples, batch = 1, collate(item)
-        yielded += 1
-        # stacklevel: here, _metered, the caller of next()
-        warn_if_past_reported_length(dataset, reported, yielded, 0, stacklevel=3)
-        yield samples, pin(batch, loader._pin_device) if loader.pin_memory else batch
-
-
-def _naming_indices(exc: Exception, indices) -> Exception | None:
-    """``exc``'s type with the dataset indices added to its message; None when that type
-    cannot be built from one message."""
-    try:
-        return type(exc)(f"{exc} (collating dataset indices {list(indices)[:16]})")
-    except Exception:
-        return None
-
-
-class _InProcessEpoch:
-    """num_workers=0 with a map-style dataset: load each batch in this process when asked.
-
-    An iterator object, not a generator, so that after one batch raises (a dataset or
-    collate error) the next ``next()`` goes on with the following batch, as torch's
-    does; a generator would have ended. Same seeds as the worker path: each sample is
-    seeded from its place in the epoch.
-    """
-
-    def __init__(self, loader: FMQLoader, base_seed: int, index_sampler,
-                 progress: EpochProgress | None) -> None:
-        self._loader, self._base_seed, self._progress = loader, base_seed, progress
-        self._meter = loader._meter
-        self._batches = iter(index_sampler)
-        self._position = 0
-        for indices in itertools.islice(self._batches, progress.start if progress is not None else 0):
-            self._position += len(indices) if loader.auto_collation else 1  # resume: skip what was seen
-        self._done = False
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self._done:
-            raise StopIteration
-        start = perf_counter()
-        loader = self._loader
-        try:
-            indices = next(self._batches)
-        except StopIteration:
-            self._done = True
-            if self._progress is not None:
-                self._progress.finished = True
-            raise
-        position = self._position
-        self._position += len(indices) if loader.auto_collation else 1
-        if self._progress is not None:  # a batch that raises counts as handed out, as in workers
-            self._progress.count += 1
-        with _own_rng_state():  # the training loop's RNG streams are not disturbed
-            samples = load_batch(loader.dataset, indices, loader.auto_collation, self._base_seed,
-                                 position)
-        if loader.auto_collation:
-            try:
-                batch = loader.collate_fn(samples)
-            except (ValueError, TypeError, RuntimeError) as exc:  # name the samples, as workers do
-                named = _naming_indices(exc, indices)
-                if named is None:
-                    raise
-                raise named from exc
-        else:
-            batch = loader.collate_fn(samples)
-        if loader.pin_memory:
-            batch = pin(batch, loader._pin_device)
-        self._meter.record(start, perf_counter(), len(indices) if loader.auto_collation else 1)
-        return batch

@@ -16,7 +16,8 @@ from typing import Any
 
 from .config import _LOADER_KEYS, LoaderConfig, load_config
 from ..errors import ConfigError
-from ..loading.loader import FMQLoader, _is_iterable_dataset
+from ..loading.arguments import is_iterable_dataset
+from ..loading.loader import FMQLoader
 
 __all__ = ["build_dataset", "build_from_config", "build_transform", "check_dataset_root",
            "loader_from_config", "torch_loader_from_config"]
@@ -114,7 +115,7 @@ def _split(dataset, overrides: dict) -> tuple[dict, dict]:
     rest = {k: v for k, v in overrides.items() if k not in _LOADER_KEYS}
     # Like torch, a sampler/batch_sampler or an iterable dataset excludes shuffle and
     # batch_sampler excludes batch_size/drop_last: the config's values yield unless given.
-    if ("sampler" in rest or "batch_sampler" in rest or _is_iterable_dataset(dataset)) \
+    if ("sampler" in rest or "batch_sampler" in rest or is_iterable_dataset(dataset)) \
             and "shuffle" not in overrides:
         known["loader.shuffle"] = False
     if "batch_sampler" in rest:

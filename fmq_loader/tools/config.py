@@ -12,11 +12,15 @@ A config file has up to six sections, each optional (a missing key takes its def
 ``configs/default.yaml`` lists every key with its default and a one-line comment;
 ``fmq-loader show-config`` prints the same from ``FIELDS`` below.
 
-YAML is read with ``yaml.SafeLoader`` (``yaml.safe_load`` semantics: no Python tags);
-the composed node tree is walked once to record each key's line, so every error names
-``file:line``, the dotted key, the value and what is expected, and an unknown key gets
-the closest valid one ("did you mean ...?"). ``ConfigError`` carries ``path``, ``line``
-and ``key`` as attributes too.
+YAML is read with ``yaml.SafeLoader`` (``yaml.safe_load`` semantics: no Python tags) in
+config_yaml.py; the composed node tree is walked once to record each key's line, so every
+error names ``file:line``, the dotted key, the value and what is expected, and an unknown
+key gets the closest valid one ("did you mean ...?"). ``ConfigError`` carries ``path``,
+``line`` and ``key`` as attributes too.
+
+Longer than the ~400-line guide: every key's default, check and comment stays in this
+one module (all config validation in one place); reading the YAML with its line numbers
+is in config_yaml.py.
 """
 
 from __future__ import annotations
@@ -27,13 +31,13 @@ import inspect
 import multiprocessing as mp
 import numbers
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
 from ..errors import ConfigError
+from .config_yaml import config_error, is_override, parse_override, read_yaml
 
 __all__ = [
     "BenchConfig", "DatasetConfig", "LoaderConfig", "LoaderSection", "QueueConfig",
@@ -311,159 +315,6 @@ def _fields(cls) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 
 
-# -- reading -------------------------------------------------------------------------------
-def _overridden(where: str) -> bool:
-    """True when ``where`` names a flag, --set or keyword override rather than a file."""
-    return where.startswith(("--", "override ", "<"))
-
-
-def _error(where: str, message: str, *, key: str | None = None) -> ConfigError:
-    """ConfigError("where: message") with .path, .line (None when unknown) and .key."""
-    err = ConfigError(f"{where}: {message}")
-    m = re.match(r"^(.*?):(\d+)(?::\d+)?$", where)
-    is_file = not _overridden(where)
-    err.path = (m.group(1) if m else where) if is_file else None
-    err.line = int(m.group(2)) if m and is_file else None
-    err.key = key
-    return err
-
-
-class _DuplicateKey(Exception):
-    """A key written twice in one mapping; raised while constructing it."""
-
-    def __init__(self, mapping: yaml.MappingNode, key, first: int, second: int):
-        super().__init__(key)
-        self.mapping, self.key, self.first, self.second = mapping, key, first, second
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key written twice in one mapping.
-
-    PyYAML keeps the last value and says nothing, so a second ``num_workers:`` further
-    down a section silently wins. Merge keys (``<<: *base``) still override: only keys
-    written in the mapping itself are compared.
-    """
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen: dict = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                line = key_node.start_mark.line + 1
-                try:
-                    if key in seen:
-                        raise _DuplicateKey(node, key, seen[key], line)
-                    seen[key] = line
-                except TypeError:  # unhashable: super() reports it with its mark
-                    continue
-        return super().construct_mapping(node, deep)
-
-
-def _node_path(root, target, _seen: set | None = None) -> tuple | None:
-    """The keys and indices leading from ``root`` to the node ``target`` (None: not found)."""
-    if root is target:
-        return ()
-    seen = set() if _seen is None else _seen
-    if id(root) in seen:  # an alias back to an enclosing anchor
-        return None
-    seen.add(id(root))
-    if isinstance(root, yaml.MappingNode):
-        children = [(k.value if isinstance(k, yaml.ScalarNode) else "?", v) for k, v in root.value]
-    elif isinstance(root, yaml.SequenceNode):
-        children = list(enumerate(root.value))
-    else:
-        return None
-    for at, child in children:
-        found = _node_path(child, target, seen)
-        if found is not None:
-            return (at, *found)
-    return None
-
-
-def _dotted(parts: Iterable) -> str:
-    """("dataset", "transforms", 0, "Resize") -> "dataset.transforms[0].Resize"."""
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out
-
-
-def _read_yaml(path: str) -> tuple[Any, dict[tuple, int]]:
-    """Parse with SafeLoader; return the data and {key path: line} for every key and item."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise _error(path, f"cannot read config file: {reason}; check the path "
-                           "(e.g. configs/default.yaml)") from None
-    try:
-        loader = _StrictLoader(text)
-    except yaml.YAMLError as exc:  # the reader rejects control characters up front
-        raise _error(path, f"invalid YAML syntax, {exc}") from None
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except _DuplicateKey as dup:
-        key = _dotted([*(_node_path(node, dup.mapping) or ()), str(dup.key)])
-        at = (f"at lines {dup.first} and {dup.second}" if dup.first != dup.second
-              else f"both on line {dup.second}")
-        raise _error(f"{path}:{dup.second}", f"key {key!r} appears twice, {at}; YAML would "
-                                             "silently keep only the second, so delete one "
-                                             "of them", key=key) from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        what = exc.problem or ""
-        if exc.context:
-            ctx = exc.context_mark
-            if ctx is not None and "<stream end>" in what:  # unclosed [ { or ": point at it
-                mark, what = ctx, f"{what} (never closed)"
-            elif ctx is not None and ctx is not mark:
-                what = f"{what} ({exc.context} that started at line {ctx.line + 1})"
-            else:
-                what = f"{exc.context}: {what}"
-        at = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
-        raise _error(at, f"invalid YAML syntax, {what}") from None
-    except yaml.YAMLError as exc:
-        raise _error(path, f"invalid YAML syntax, {exc}") from None
-    finally:
-        loader.dispose()
-    lines: dict[tuple, int] = {}
-
-    def walk(n, at: tuple) -> None:
-        if isinstance(n, yaml.MappingNode):
-            for k, v in n.value:
-                if isinstance(k, yaml.ScalarNode):
-                    lines[at + (k.value,)] = k.start_mark.line + 1
-                    walk(v, at + (k.value,))
-        elif isinstance(n, yaml.SequenceNode):
-            for i, v in enumerate(n.value):
-                lines[at + (i,)] = v.start_mark.line + 1
-                walk(v, at + (i,))
-    if node is not None:
-        walk(node, ())
-    return data, lines
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``"loader.num_workers=4"`` -> ``("loader.num_workers", 4)``; the value is YAML.
-
-    Raises:
-        ConfigError: no ``=``, or a value that is not valid YAML.
-    """
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise _error(f"--set {text}", "expected KEY=VALUE, e.g. --set loader.num_workers=4")
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise _error(f"--set {text}", f"value {raw!r} is not valid YAML ({exc}); quote it "
-                                      "or write e.g. [224, 224]") from None
-    return key.strip(), value
-
-
 def _as_raw(cfg: LoaderConfig) -> dict:
     raw = {}
     for sec in SECTIONS:
@@ -510,7 +361,7 @@ def load_config(path_or_mapping: str | os.PathLike | Mapping | LoaderConfig | No
         source, data, lines = "<mapping>", path_or_mapping, {}
     elif isinstance(path_or_mapping, (str, os.PathLike)):
         source = os.fspath(path_or_mapping)
-        data, lines = _read_yaml(source)
+        data, lines = read_yaml(source)
         if data is None:
             data = {}
     else:
@@ -518,7 +369,7 @@ def load_config(path_or_mapping: str | os.PathLike | Mapping | LoaderConfig | No
                           f"{type(path_or_mapping).__name__}; "
                           "e.g. load_config('configs/default.yaml')")
     if not isinstance(data, Mapping):
-        raise _error(f"{source}:1" if lines else source,
+        raise config_error(f"{source}:1" if lines else source,
                      f"a config must be a mapping of sections ({', '.join(SECTIONS)}), got "
                      f"{type(data).__name__} {data!r:.40}")
     for at, line in lines.items():
@@ -543,10 +394,10 @@ def _apply_override(raw: dict, key: str, value, where: dict, label: str) -> None
     parts = key.split(".")
     if len(parts) != 2:
         if len(parts) == 3 and parts[0] == "dataset" and parts[1] == "transforms":
-            raise _error(label, "set the whole list, e.g. dataset.transforms='[{ToTensor: {}}]'")
+            raise config_error(label, "set the whole list, e.g. dataset.transforms='[{ToTensor: {}}]'")
         valid = [f"{s}.{k}" for s, c in SECTIONS.items() for k in _fields(c)]
         close = difflib.get_close_matches(key, valid, n=1)
-        raise _error(label, f"override key must be SECTION.KEY, got {key!r}"
+        raise config_error(label, f"override key must be SECTION.KEY, got {key!r}"
                             + (f"; did you mean {close[0]!r}?" if close else ""), key=key)
     section, name = parts
     _check_known(section, list(SECTIONS), label, "section", "")
@@ -567,7 +418,7 @@ def _check_known(name, valid: list[str], where: str, what: str, prefix: str,
     close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.5)
     hint = (f"did you mean {dot + close[0]!r}?" if close
             else f"valid {what}s: {', '.join(valid)}")
-    raise _error(where, f"unknown {what} {dot + str(name)!r}{context}; {hint}",
+    raise config_error(where, f"unknown {what} {dot + str(name)!r}{context}; {hint}",
                  key=dot + str(name))
 
 
@@ -581,7 +432,7 @@ def _validate(raw: dict, source: str, where: dict[str, str]) -> LoaderConfig:
         if part is None:
             part = {}
         if not isinstance(part, Mapping):
-            raise _error(loc(sec), f"section {sec} must be a mapping of keys, got "
+            raise config_error(loc(sec), f"section {sec} must be a mapping of keys, got "
                                    f"{part!r} ({type(part).__name__})", key=sec)
         cls, kwargs = SECTIONS[sec], {}
         fields = _fields(cls)
@@ -596,7 +447,7 @@ def _validate(raw: dict, source: str, where: dict[str, str]) -> LoaderConfig:
                 kwargs[name] = check(value)
             except _Bad as bad:
                 hint = f"; {bad.hint}" if bad.hint else ""
-                raise _error(loc(key), f"{key} must be {bad.expected}, got {value!r} "
+                raise config_error(loc(key), f"{key} must be {bad.expected}, got {value!r} "
                                        f"({type(value).__name__}){hint}", key=key) from None
         sections[sec] = cls(**kwargs)
     cfg = LoaderConfig(**sections, source=source, where=tuple(sorted(where.items())))
@@ -611,7 +462,7 @@ def _blame(cfg: LoaderConfig, usual: str, other: str) -> str:
     where = dict(cfg.where)
 
     def rank(key: str) -> int:
-        return 2 if key in where and _overridden(where[key]) else 1 if key in where else 0
+        return 2 if key in where and is_override(where[key]) else 1 if key in where else 0
     return other if rank(other) > rank(usual) else usual
 
 
@@ -627,26 +478,26 @@ def _check_combinations(cfg: LoaderConfig) -> None:
                 off = "false" if name == "persistent_workers" else "null"
                 value = getattr(ld, name)
                 if _blame(cfg, key, "loader.num_workers") != key:
-                    raise _error(cfg.locate("loader.num_workers"), "loader.num_workers=0 "
+                    raise config_error(cfg.locate("loader.num_workers"), "loader.num_workers=0 "
                                  f"conflicts with {key}: {_scalar(value)} from "
                                  f"{origin(key)}, which needs num_workers >= 1; use "
                                  f"num_workers >= 1, or set {key} to {off} as well",
                                  key="loader.num_workers")
-                raise _error(cfg.locate(key), f"{key} needs loader.num_workers >= 1, got "
+                raise config_error(cfg.locate(key), f"{key} needs loader.num_workers >= 1, got "
                              f"{name}={value!r} with num_workers=0; set "
                              f"num_workers: 2, or {name}: {off}", key=key)
     if cfg.synth.quality > 95:
-        raise _error(cfg.locate("synth.quality"), f"synth.quality must be an int in [1, 95], "
+        raise config_error(cfg.locate("synth.quality"), f"synth.quality must be an int in [1, 95], "
                      f"got {cfg.synth.quality}", key="synth.quality")
     tr = cfg.train
     if tr.warmup_steps >= tr.steps:
         if _blame(cfg, "train.warmup_steps", "train.steps") == "train.steps":
-            raise _error(cfg.locate("train.steps"), f"train.steps must be > "
+            raise config_error(cfg.locate("train.steps"), f"train.steps must be > "
                          f"train.warmup_steps, got {tr.steps} with warmup_steps "
                          f"{tr.warmup_steps} from {origin('train.warmup_steps')}; use "
                          f"{tr.warmup_steps + 1} steps or more, or lower train.warmup_steps",
                          key="train.steps")
-        raise _error(cfg.locate("train.warmup_steps"), "train.warmup_steps must be < "
+        raise config_error(cfg.locate("train.warmup_steps"), "train.warmup_steps must be < "
                      f"train.steps, got {tr.warmup_steps} >= {tr.steps}; lower "
                      "warmup_steps or raise steps", key="train.warmup_steps")
 
@@ -659,7 +510,7 @@ def _check_transforms(value, key: str, where: dict[str, str],
         return where.get(k, source)
 
     if not isinstance(value, (list, tuple)):
-        raise _error(loc(key), f"{key} must be a list such as [{{Resize: {{size: 64}}}}, "
+        raise config_error(loc(key), f"{key} must be a list such as [{{Resize: {{size: 64}}}}, "
                                f"{{ToTensor: {{}}}}], got {value!r}", key=key)
     specs = []
     for i, item in enumerate(value):
@@ -667,7 +518,7 @@ def _check_transforms(value, key: str, where: dict[str, str],
         if isinstance(item, str):
             item = {item: {}}
         if not isinstance(item, Mapping) or len(item) != 1:
-            raise _error(loc(ikey), f"{key}[{i}] must be one {{Name: {{param: value}}}} or a "
+            raise config_error(loc(ikey), f"{key}[{i}] must be one {{Name: {{param: value}}}} or a "
                                     f"bare name, got {item!r}", key=ikey)
         (name, params), = item.items()
         _check_known(name, list(TRANSFORMS), where.get(f"{ikey}.{name}", loc(ikey)),
@@ -675,7 +526,7 @@ def _check_transforms(value, key: str, where: dict[str, str],
         if params is None:
             params = {}
         if not isinstance(params, Mapping):
-            raise _error(loc(ikey), f"{key}[{i}] {name} parameters must be a mapping, got "
+            raise config_error(loc(ikey), f"{key}[{i}] {name} parameters must be a mapping, got "
                                     f"{params!r}; e.g. {{size: 224}}", key=ikey)
         cls = getattr(T, name)
         accepted = [p for p in inspect.signature(cls).parameters if p != "self"]
@@ -685,7 +536,7 @@ def _check_transforms(value, key: str, where: dict[str, str],
         try:
             cls(**params)
         except (TypeError, ValueError) as exc:
-            raise _error(loc(f"{ikey}.{name}"), f"{key}[{i}] {name}: {exc}",
+            raise config_error(loc(f"{ikey}.{name}"), f"{key}[{i}] {name}: {exc}",
                          key=ikey) from None
         frozen = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in params.items())
         specs.append(TransformSpec(name, frozen))

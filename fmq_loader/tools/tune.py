@@ -35,6 +35,9 @@ CPU time from /proc):
 ``tune()`` returns a ``TuneResult``; ``TuneResult.to_yaml()`` is the input config with the
 best settings and ``dataset.root`` made absolute, as YAML that ``load_config`` /
 ``FMQLoader.from_config`` read from any directory.
+
+Longer than the ~400-line guide: one command, the trials it measures and the diagnosis
+it prints, which are read together.
 """
 
 from __future__ import annotations

@@ -30,6 +30,9 @@ largest item laid into it, rounded up to 1 MiB.
 
 Trust model: messages are unpickled, so only the processes that share this
 queue (the creator and the children it was handed to) may write to it.
+
+Longer than the ~400-line guide: Queue (~380 lines) is one class, multiprocessing.Queue's
+API over slabs, and the message layout it reads and writes is documented beside it.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ result ``Queue`` (which owns the slab arena). ``close()`` follows NOTE
 [ fmq shutdown order ] in loader.py: stop the reader (the queue's stealer)
 first, then ask workers to stop, join them with a timeout, terminate and kill
 stragglers, and finally close the queue's shared memory.
+
+Longer than the ~400-line guide: ProducerPool (~390 lines) is one class that owns the
+processes, the task board and the shutdown order; splitting it would scatter that state.
 """
 
 from __future__ import annotations

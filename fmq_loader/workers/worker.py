@@ -5,6 +5,9 @@ A worker waits on two things at once: its task pipe from the main process and
 the parent dies -- so a worker of a SIGKILLed training script exits at once
 instead of polling ``getppid()``. Results go to the pool's shared
 ``fmq_loader.Queue``. See NOTE [ fmq shutdown order ] in loader.py.
+
+Longer than the ~400-line guide: all the code that runs in the worker process stays
+in this one module, so the boundary between the processes is one file.
 """
 
 from __future__ import annotations
