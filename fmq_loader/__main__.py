@@ -1,4 +1,4 @@
-"""``python -m fmq_loader``: runs the command line in cli.py."""
+"""``python -m fmq_loader``: runs the command line in tools/cli.py."""
 
 import sys
 

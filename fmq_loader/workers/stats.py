@@ -9,6 +9,9 @@ Workers: after each task a worker adds its busy time, batch and sample counts
 and its dataset's ``skipped`` count to its own row of a shared float64 array
 (``WORKER_FIELDS``); only that worker writes the row, the main process reads it
 when ``stats()`` is called, so nothing crosses a pipe.
+
+It lives in workers/, the lowest layer that uses it: workers write the rows, the pool
+sizes and reads them, and loading/ builds ``LoaderStats`` from both.
 """
 
 from __future__ import annotations
