@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy.random  # noqa: F401 -- loaded now, not lazily in the middle of an epoch
 
-from ..workers import datapipes
-from ..workers.collate import PartsJoin, concat_batches, default_collate, own_rows
-from .pinning import pin
 from ..errors import QueueClosed, QueueTimeout, WorkerError
 from ..transport.stealer import WatchedFdReady
+from ..workers import datapipes
+from ..workers.collate import PartsJoin, concat_batches, default_collate, own_rows
 from ..workers.stats import batch_size_of
 from ..workers.worker import EndOfData, WorkerFailure, describe_failure
+from .pinning import pin
 
 if TYPE_CHECKING:
     from ..workers.pool import ProducerPool

@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .config import _LOADER_KEYS, LoaderConfig, load_config
 from ..errors import ConfigError
 from ..loading.arguments import is_iterable_dataset
 from ..loading.loader import FMQLoader
+from .config import _LOADER_KEYS, LoaderConfig, load_config
 
 __all__ = ["build_dataset", "build_from_config", "build_transform", "check_dataset_root",
            "loader_from_config", "torch_loader_from_config"]

@@ -50,8 +50,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .config import LoaderConfig, dump_config, load_config
 from ..errors import FMQError
+from .config import LoaderConfig, dump_config, load_config
 
 __all__ = ["TuneError", "Trial", "TuneResult", "tune", "worker_ladder"]
 

@@ -52,8 +52,8 @@ from multiprocessing import util as mp_util
 import numpy as np
 from _multiprocessing import SemLock
 
-from . import codec
 from ..errors import QueueClosed
+from . import codec
 from .shm import SlabArena, align
 from .stealer import FRAME as _FRAME, Stealer, WatchedFdReady, _Failed
 

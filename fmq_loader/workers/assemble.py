@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import torch
 
-from ..transport.codec import OUT_OF_BAND_MIN_BYTES, _dtype_pair
-from .collate import default_collate
 from ..errors import BatchTooLarge
+from ..transport.codec import OUT_OF_BAND_MIN_BYTES, _dtype_pair
 from ..transport.queue import Queue, Reservation
 from ..transport.shm import align
+from .collate import default_collate
 
 __all__ = ["SlabAssembler"]
 

@@ -31,10 +31,10 @@ from multiprocessing import (heap, popen_fork, popen_forkserver,  # noqa: F401
                              popen_spawn_posix, sharedctypes, synchronize)
 from multiprocessing import process as mp_process
 
-from .datapipes import world_and_rank
 from ..errors import WorkerError
 from ..transport.queue import Queue
 from ..transport.stealer import FRAME as _FRAME
+from .datapipes import world_and_rank
 from .stats import WORKER_FIELDS, WorkerStats
 from .worker import BUDGET, CONSUMED, MIN_SEQ, STOP, Reseed, Stop, Task, WorkerSpec, run_worker
 
