@@ -340,6 +340,9 @@ def pack(src, out, opts: PackOptions | None = None, shard_size="1GB", workers: i
     except BaseException:
         if writer is not None:
             writer.abort()
+        for name in os.listdir(out):  # a Ctrl-C inside ShardWriter() leaves one unassigned
+            if name.endswith(".partial"):
+                os.unlink(os.path.join(out, name))
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
         raise
