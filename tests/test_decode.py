@@ -272,3 +272,31 @@ def test_a_410_jpeg_is_cropped_exactly_at_full_scale_and_refused_at_reduced_scal
     im = Image.open(__import__("io").BytesIO(data))
     im.draft("RGB", (48, 32))
     np.testing.assert_array_equal(np.asarray(pixels), np.asarray(im.convert("RGB")))
+
+
+@needs_region
+def test_the_c_header_reader_gives_pillows_size_and_refuses_what_is_odd():
+    """EncodedImage.size reads JPEG headers with libjpeg (markers only); its sizes must
+    be Pillow's, and anything libjpeg complains about must go to Pillow, which decides."""
+    import io
+
+    from fmq_loader.images import _jpegregion
+
+    cases = [encode(photo((241, 181))), encode(photo((120, 90)).convert("L")),
+             encode(photo((97, 63)), progressive=True), encode(photo((64, 48)).convert("CMYK")),
+             encode(photo((33, 517)), subsampling=2)]
+    for data in cases:
+        width, height, components, _ = _jpegregion.header(data)
+        with Image.open(io.BytesIO(data)) as im:
+            assert (width, height) == im.size
+            assert components == len(im.getbands())
+        assert EncodedImage(data).size == (width, height)
+    for bad in (b"\xff\xd8\xff", encode(photo((64, 48)))[:40], b"GIF89a not a jpeg"):
+        with pytest.raises(ValueError, match="libjpeg"):
+            _jpegregion.header(bad)
+        with pytest.raises(DecodeError, match="could not be read as an image"):
+            EncodedImage(bad).size  # noqa: B018 - Pillow's error, naming what it read
+    truncated_after_header = encode(photo((241, 181)))[:1500]
+    assert EncodedImage(truncated_after_header).size == (241, 181)  # decoding then fails
+    with pytest.raises(DecodeError):
+        EncodedImage(truncated_after_header).decode()

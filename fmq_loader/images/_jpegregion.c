@@ -167,6 +167,41 @@ done:
                          (unsigned long)x0, top);
 }
 
+/* header(data) -> (width, height, components, colour space)
+ *
+ * Reads the markers up to the first scan (no entropy decoding): the image size for a
+ * transform to pick its crop before anything is decoded. colour space is libjpeg's
+ * J_COLOR_SPACE number of the file (1 gray, 2 RGB, 3 YCbCr, 4 CMYK, 5 YCCK). Raises
+ * ValueError on anything libjpeg complains about, warnings included; the caller asks
+ * Pillow instead, which then decides.
+ */
+static PyObject *header(PyObject *self, PyObject *args) {
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "y*", &data))
+        return NULL;
+    struct jpeg_decompress_struct cinfo;
+    region_error err;
+    memset(&cinfo, 0, sizeof(cinfo));
+    err.message[0] = '\0';
+    cinfo.err = jpeg_std_error(&err.pub);
+    err.pub.error_exit = on_error;
+    err.pub.emit_message = on_message;
+    if (setjmp(err.escape)) {
+        jpeg_destroy_decompress(&cinfo);
+        PyBuffer_Release(&data);
+        PyErr_Format(PyExc_ValueError, "libjpeg: %s", err.message);
+        return NULL;
+    }
+    jpeg_create_decompress(&cinfo);
+    jpeg_mem_src(&cinfo, (const unsigned char *)data.buf, (unsigned long)data.len);
+    jpeg_read_header(&cinfo, TRUE);
+    unsigned long width = cinfo.image_width, height = cinfo.image_height;
+    int components = cinfo.num_components, space = (int)cinfo.jpeg_color_space;
+    jpeg_destroy_decompress(&cinfo);
+    PyBuffer_Release(&data);
+    return Py_BuildValue("(kkii)", width, height, components, space);
+}
+
 static PyObject *version(PyObject *self, PyObject *noargs) {
 #ifdef LIBJPEG_TURBO_VERSION_NUMBER
     return PyLong_FromLong(LIBJPEG_TURBO_VERSION_NUMBER);
@@ -178,6 +213,8 @@ static PyObject *version(PyObject *self, PyObject *noargs) {
 static PyMethodDef methods[] = {
     {"decode", decode, METH_VARARGS,
      "decode(data, scale, left, top, right, bottom) -> (rgb bytes, width, height, x0, y0)"},
+    {"header", header, METH_VARARGS,
+     "header(data) -> (width, height, components, libjpeg colour space number)"},
     {"version", version, METH_NOARGS, "libjpeg-turbo's version number it was built with"},
     {NULL, NULL, 0, NULL},
 };
