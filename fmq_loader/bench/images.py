@@ -18,6 +18,12 @@ each set with its files' size and bits per pixel.
 Each figure is the median of ``--runs`` passes over the files (after one warm-up pass).
 Run: ``python -m fmq_loader.bench.images [--quick]`` (``--quick`` finishes in well under
 a minute).
+
+``--steps`` prints, per image set, where one image's time goes instead: the plain
+pipeline, Pillow's whole-file decode, libjpeg-turbo's entropy decoding alone (the
+whole file at 1/8 scale, and skipping to the last rows), our region decode of the crop,
+and our whole pipeline (which draws its own crops, from the same distribution as the
+others' fixed ones; docs/benchmarks.md, "Where a worker's time goes on a photo").
 """
 
 from __future__ import annotations
@@ -78,7 +84,91 @@ def _time_passes(fn, n_images: int, runs: int) -> float:
     return statistics.median(rates)
 
 
-def run(root: str, per_class: int, runs: int, seed: int = 0, out=sys.stdout,
+def _median_ms(fn, items: list, runs: int) -> float:
+    """Median over ``runs`` passes (after a warm-up pass) of ms per call of ``fn(item)``."""
+    for item in items:
+        fn(item)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        for item in items:
+            fn(item)
+        times.append((time.perf_counter() - start) / len(items) * 1e3)
+    return statistics.median(times)
+
+
+def steps(root: str, per_class: int, runs: int, seed: int = 0, out=None,
+          sets=SETS) -> list[dict]:
+    """Time the steps of one image's decode on each set (see the module docstring).
+
+    Returns:
+        one dict per row: size (the image set), step, ms (per image, median of ``runs``).
+    """
+    import io
+
+    from fmq_loader.images.decode import EncodedImage, _jpegregion, _pick_scale
+
+    out = sys.stdout if out is None else out
+    torch.set_num_threads(1)
+    crop = T.RandomResizedCrop(CROP)
+    ours = T.Compose([crop, T.RandomHorizontalFlip(), T.PILToTensor()])
+    rows = []
+    for name in sets:
+        try:
+            folder = prepare(name, 4 * per_class, seed, os.path.join(root, f"{name}_{per_class}"),
+                             progress=False)
+        except ImportError as exc:
+            print(f"skipped image set {name!r}: {exc}", file=out)
+            continue
+        paths = [p for p, _ in ImageFolder(folder).samples]
+        rng = random.Random(seed)
+        items = []
+        for path in paths:
+            with open(path, "rb") as f:
+                data = f.read()
+            with Image.open(io.BytesIO(data)) as im:
+                size = im.size
+            items.append((data, size, crop.get_params(size[0], size[1], rng)))
+
+        def plain(item):
+            data, _, (top, left, h, w) = item
+            Image.open(io.BytesIO(data)).convert("RGB").resize(
+                (CROP, CROP), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
+
+        def region(item):
+            data, _, (top, left, h, w) = item
+            scale = _pick_scale(w, h, (CROP, CROP))
+            f = 1.0 / scale
+            _jpegregion.decode(data, scale, int(left * f), int(top * f),
+                               -int(-(left + w) * f // 1), -int(-(top + h) * f // 1))
+
+        timed = [("plain Pillow: whole file, crop + resize", plain),
+                 ("Pillow: whole-file decode only",
+                  lambda item: Image.open(io.BytesIO(item[0])).convert("RGB"))]
+        if _jpegregion is not None:
+            timed += [("turbo: whole file at 1/8 (~entropy only)",
+                       lambda item: _jpegregion.decode(item[0], 8, 0, 0, *item[1])),
+                      ("turbo: skip to the last rows",
+                       lambda item: _jpegregion.decode(item[0], 8, 0, item[1][1] // 8 - 1,
+                                                       item[1][0] // 8, item[1][1] // 8)),
+                      ("turbo: region decode of the crop", region)]
+        timed.append(("fmq pipeline: crop, resize, flip, tensor",
+                      lambda item: ours(EncodedImage(item[0]))))
+        with T.use_rng(random.Random(seed)):
+            for step, fn in timed:
+                rows.append(dict(size=name, step=step, ms=_median_ms(fn, items, runs)))
+        print(f"  {describe(folder, name)}", file=out)
+    print(f"\nms per image, one thread, median of {runs} passes, the same crops in every row "
+          f"but the last (it draws its own, from the same distribution); "
+          f"{platform.processor() or platform.machine()}, Pillow {Image.__version__}", file=out)
+    print(f"| {'image set':<10} | {'step':<42} | {'ms':>7} |", file=out)
+    print(f"|{'-' * 12}|{'-' * 44}|{'-' * 8}:|", file=out)
+    for r in rows:
+        print(f"| {r['size']:<10} | {r['step']:<42} | {r['ms']:>7.3f} |", file=out)
+    return rows
+
+
+def run(root: str, per_class: int, runs: int, seed: int = 0, out=None,
         sets=SETS) -> list[dict]:
     """Generate the image sets under ``root`` (if missing), time every pipeline, print a table.
 
@@ -87,11 +177,12 @@ def run(root: str, per_class: int, runs: int, seed: int = 0, out=sys.stdout,
         per_class: images per set is ``4 * per_class``.
         runs: timed passes per figure; the median is reported.
         seed: dataset and crop seed.
-        out: where the table goes.
+        out: where the table goes (default sys.stdout).
 
     Returns:
         one dict per row: size (the image set), pipeline, images_per_s, ratio.
     """
+    out = sys.stdout if out is None else out
     torch.set_num_threads(1)
     transform = T.Compose([T.RandomResizedCrop(CROP), T.RandomHorizontalFlip(), T.PILToTensor()])
     decoders = (["pillow"] + (["simplejpeg"] if fast_decoder_available() else [])
@@ -155,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"(default {','.join(SETS)}; skimage needs scikit-image)")
     parser.add_argument("--runs", type=int, default=None,
                         help="timed passes per figure (default 5, --quick 3)")
+    parser.add_argument("--steps", action="store_true",
+                        help="time the steps of one image's decode instead (where the time goes)")
     args = parser.parse_args(argv)
     per_class = args.per_class or (10 if args.quick else 50)
     runs = args.runs or (3 if args.quick else 5)
@@ -164,11 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in sets if name not in IMAGE_SETS]
     if unknown or not sets:
         parser.error(f"--sets: unknown image set(s) {unknown}; choose from {sorted(IMAGE_SETS)}")
+    what = steps if args.steps else run
     if args.dir is not None:
-        run(args.dir, per_class, runs, sets=sets)
+        what(args.dir, per_class, runs, sets=sets)
     else:
         with tempfile.TemporaryDirectory(prefix="fmq_bench_images_") as tmp:
-            run(tmp, per_class, runs, sets=sets)
+            what(tmp, per_class, runs, sets=sets)
     return 0
 
 
