@@ -27,7 +27,15 @@ warning (corrupt data, extraneous bytes before a marker, a truncated file), a CM
 YCCK file, an EXIF-rotated one, and 4:1:0-style sampling at reduced scale (which
 libjpeg-turbo 2.1 crops wrongly) go to simplejpeg or Pillow, which decide as before. A RandomResizedCrop of a
 1000x750 photo-like JPEG: 1.8 ms for a 300x300 crop against 3.1 ms for the whole image
-(2026-12-05, 2-core dev VM).
+(2026-12-05, 2-core dev VM). The size a transform needs to draw its crop comes from
+``_jpegregion.header`` (libjpeg's marker parser, ~1 us; Pillow's open took ~16 us).
+
+What is left is entropy decoding: a baseline JPEG has no restart markers, so every row
+above the crop's last one must be Huffman-decoded to find the next, and that is 85-95%
+of a region decode on photo-like files (``python -m fmq_loader.bench images --steps``;
+docs/benchmarks.md, "Where a worker's time goes on a photo"). Decoding straight into
+the slab's row would save the 3 us copy of a 224x224 result, and libjpeg-turbo's M/8
+scales (M other than 1, 2, 4, 8) are slower than 8/8 (no SIMD IDCT): neither was done.
 
 NOTE [ reduced-scale decoding ]
 A JPEG can be decoded at 1/2, 1/4 or 1/8 scale inside the IDCT, which cuts decode work
