@@ -300,3 +300,120 @@ def test_the_c_header_reader_gives_pillows_size_and_refuses_what_is_odd():
     assert EncodedImage(truncated_after_header).size == (241, 181)  # decoding then fails
     with pytest.raises(DecodeError):
         EncodedImage(truncated_after_header).decode()
+
+
+def _pillow_pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(__import__("io").BytesIO(data)))
+
+
+@needs_region
+@pytest.mark.parametrize("make", [
+    lambda: encode(photo((241, 181), seed=1), quality=90),                 # 4:2:0
+    lambda: encode(photo((241, 181), seed=2), quality=90, subsampling=0),  # 4:4:4
+    lambda: encode(photo((241, 181), seed=3), quality=90, subsampling=1),  # 4:2:2
+    lambda: encode(photo((130, 97)).convert("L")),
+    lambda: encode(photo((130, 97)), progressive=True),
+    lambda: encode(photo((64, 48)).convert("CMYK")),
+])
+def test_regrid_is_lossless_and_keeps_exif(make):
+    """NOTE [ restart grid ]: the same coefficients, so the same pixels, with EXIF kept."""
+    from fmq_loader.images import _jpegregion
+
+    data = make()
+    out, k = _jpegregion.regrid(data, 2)
+    assert k in (1, 2) and out[:2] == b"\xff\xd8" and b"\xff\xdd" in out  # a DRI segment
+    np.testing.assert_array_equal(_pillow_pixels(out), _pillow_pixels(data))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    tagged = encode(photo((80, 60)), exif=exif)
+    with Image.open(__import__("io").BytesIO(_jpegregion.regrid(tagged, 2)[0])) as im:
+        assert im.getexif().get(0x0112) == 6
+
+
+@needs_region
+def test_regrid_picks_the_largest_divisor_of_a_rows_mcus_and_rejects_bad_input():
+    from fmq_loader.images import _jpegregion
+
+    data = encode(photo((500, 60)), quality=90)  # 4:2:0: 32 MCUs of 16 px a row
+    assert _jpegregion.regrid(data, 5)[1] == 4
+    assert _jpegregion.regrid(data, 100)[1] == 32
+    assert _jpegregion.regrid(encode(photo((31 * 16, 32))), 4)[1] == 1  # 31 MCUs: prime
+    with pytest.raises(ValueError, match="interval must be 1 to 65535 MCUs, got 0"):
+        _jpegregion.regrid(data, 0)
+    with pytest.raises(ValueError, match="libjpeg"):
+        _jpegregion.regrid(data[:700], 2)
+
+
+@needs_region
+@pytest.mark.parametrize("subsampling", [0, 1, 2])
+@pytest.mark.parametrize("scale", [1, 2, 4, 8])
+@pytest.mark.parametrize("box", [(0, 0, 1, 1), (37, 21, 161, 99), (100, 0, 241, 180),
+                                 (0, 150, 240, 180), (130, 90, 131, 91), (200, 140, 241, 181),
+                                 (0, 0, 240, 180)])
+@pytest.mark.parametrize("writer", ["regrid", "pillow"])
+def test_crops_of_gridded_jpegs_are_pillows_bit_for_bit(scale, subsampling, box, writer):
+    """Crops cut from the restart grid (regrid's files, and Pillow's own
+    restart_marker_blocks ones, as cameras write) equal Pillow's decode of the region."""
+    from fmq_loader.images import _jpegregion
+
+    img = photo((241, 181), seed=4)
+    if writer == "regrid":
+        data = _jpegregion.regrid(encode(img, quality=90, subsampling=subsampling), 1)[0]
+    else:
+        blocks = {0: 1, 1: 2, 2: 1}[subsampling]  # a row has 31, 16 or 16 MCUs
+        data = encode(img, quality=90, subsampling=subsampling, restart_marker_blocks=blocks)
+    sbox = (box[0] // scale, box[1] // scale, max(box[0] // scale + 1, box[2] // scale),
+            max(box[1] // scale + 1, box[3] // scale))
+    buf, w, h, x0, y0 = _jpegregion.decode(data, scale, *sbox)
+    got = np.frombuffer(buf, np.uint8).reshape(h, w, 3)
+    assert y0 == sbox[1] and h == sbox[3] - sbox[1] and x0 <= sbox[0] and x0 + w >= sbox[2]
+    np.testing.assert_array_equal(got[:, sbox[0] - x0:sbox[2] - x0],
+                                  _pillow_region(data, scale, sbox))
+
+
+def _intervals(data: bytes) -> list[tuple[int, int]]:
+    """(start, end) of each restart interval's entropy bytes."""
+    import re
+
+    sos = data.index(b"\xff\xda")
+    start = sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")
+    out = []
+    for m in re.finditer(rb"\xff[\xd0-\xd7\xd9]", data[start:]):
+        out.append((start, start + m.start()))
+        start = start + m.end()
+    return out
+
+
+@needs_region
+def test_a_crop_of_a_gridded_jpeg_reads_only_its_intervals():
+    """Garbage in an interval above and left of the crop: the crop is still exact (its
+    intervals were never read), while the whole image is refused (bad Huffman code), and
+    EncodedImage falls back to Pillow for it."""
+    from fmq_loader.images import _jpegregion
+
+    data, k = _jpegregion.regrid(encode(photo((320, 240), seed=6), quality=90), 1)
+    first = _intervals(data)[0]
+    broken = bytearray(data)
+    broken[first[0]:first[1]] = (b"\xff\x00" * (first[1] - first[0]))[:first[1] - first[0]]
+    if (first[1] - first[0]) % 2:
+        broken[first[1] - 1] = 0x00
+    broken = bytes(broken)
+    box = (160, 120, 300, 230)
+    buf, w, h, x0, y0 = _jpegregion.decode(broken, 1, *box)
+    got = np.frombuffer(buf, np.uint8).reshape(h, w, 3)[:, box[0] - x0:box[2] - x0]
+    np.testing.assert_array_equal(got, _pillow_region(data, 1, box))
+    with pytest.raises(ValueError, match="libjpeg"):
+        _jpegregion.decode(broken, 1, 0, 0, 320, 240)
+    pixels, _ = EncodedImage(broken, decoder="auto").decode_region((0, 0, 320, 240), (64, 48))
+    assert np.asarray(pixels).shape[:2] == (60, 80)  # Pillow decided: it decodes it at 1/4
+
+
+@needs_region
+def test_restart_markers_out_of_sequence_send_the_crop_to_pillow():
+    from fmq_loader.images import _jpegregion
+
+    data = bytearray(_jpegregion.regrid(encode(photo((320, 240), seed=7)), 1)[0])
+    first = _intervals(bytes(data))[0]
+    data[first[1] + 1] = 0xD3  # the first marker should be RST0
+    with pytest.raises(ValueError, match="out of sequence"):
+        _jpegregion.decode(bytes(data), 1, 200, 150, 300, 230)
