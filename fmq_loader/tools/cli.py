@@ -1,7 +1,7 @@
-"""The ``fmq-loader`` command line: make-dataset, train, bench, tune, show-config, check-config, pack.
+"""The ``fmq-loader`` command line: make-dataset, train, bench, tune, show-config, check-config, pack, regrid.
 
 Each subcommand is a ``_cmd_<name>(args) -> int`` registered in ``_build_parser``; those
-that run loaders (train, bench, tune) are in cli_run.py, pack in cli_pack.py, and what they
+that run loaders (train, bench, tune) are in cli_run.py, pack and regrid in cli_pack.py, and what they
 share in cli_common.py. A user mistake (bad argument value, unwritable folder) prints one
 ``fmq-loader: error: ...`` line on stderr (check-config: one per bad file, then a count)
 and exits with 2, without a traceback; ``--help`` on each subcommand documents it. A value
@@ -195,8 +195,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_check_config)
 
     from fmq_loader.tools.cli_pack import add_parser as add_pack_parser
+    from fmq_loader.tools.cli_pack import add_regrid_parser
 
     add_pack_parser(sub)
+    add_regrid_parser(sub)
     return parser
 
 
