@@ -12,6 +12,7 @@ from .errors import (BatchTooLarge, CollateError, ConfigError, FMQError, Produce
 from .images.datasets import ImageFolder
 from .images.packed import PackedImages
 from .images.packfile import PackError
+from .images.regrid import regrid_folder
 from .images.synth import make_dataset
 from .loading.loader import FMQLoader
 from .tools.build import build_from_config  # also attaches FMQLoader.from_config
@@ -23,7 +24,8 @@ from .workers.worker import WorkerInfo, get_worker_info
 __version__ = _version.__version__
 
 __all__ = [
-    "FMQLoader", "ProducerPool", "Queue", "ImageFolder", "PackedImages", "make_dataset", "transforms",
+    "FMQLoader", "ProducerPool", "Queue", "ImageFolder", "PackedImages", "regrid_folder",
+    "make_dataset", "transforms",
     "LoaderConfig", "load_config", "build_from_config",
     "get_worker_info", "WorkerInfo",
     "FMQError", "ConfigError", "BatchTooLarge", "CollateError", "QueueClosed", "QueueTimeout",

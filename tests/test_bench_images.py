@@ -13,7 +13,7 @@ def test_the_steps_breakdown_times_every_step_on_the_same_files(tmp_path):
     rows = images.steps(str(tmp_path), per_class=1, runs=1, out=out, sets=["photo"])
     steps = [r["step"] for r in rows]
     assert steps[0].startswith("plain Pillow") and steps[-1].startswith("fmq pipeline")
-    assert len(steps) == (6 if region_decoder_available() else 3)
+    assert len(steps) == (8 if region_decoder_available() else 3)
     assert all(r["size"] == "photo" and r["ms"] > 0 for r in rows)
     text = out.getvalue()
     assert "4 JPEGs" in text or "photo" in text

@@ -21,9 +21,10 @@ a minute).
 
 ``--steps`` prints, per image set, where one image's time goes instead: the plain
 pipeline, Pillow's whole-file decode, libjpeg-turbo's entropy decoding alone (the
-whole file at 1/8 scale, and skipping to the last rows), our region decode of the crop,
-and our whole pipeline (which draws its own crops, from the same distribution as the
-others' fixed ones; docs/benchmarks.md, "Where a worker's time goes on a photo").
+whole file at 1/8 scale, and skipping to the last rows), our region decode of the crop
+(of the file, and of its ``fmq-loader regrid`` copy: only the crop's restart intervals),
+and our whole pipeline on both (drawing its own crops, from the same distribution as
+the others' fixed ones; docs/benchmarks.md, "Where a worker's time goes on a photo").
 """
 
 from __future__ import annotations
@@ -152,14 +153,20 @@ def steps(root: str, per_class: int, runs: int, seed: int = 0, out=None,
                        lambda item: _jpegregion.decode(item[0], 8, 0, item[1][1] // 8 - 1,
                                                        item[1][0] // 8, item[1][1] // 8)),
                       ("turbo: region decode of the crop", region)]
+            gridded = [(_jpegregion.regrid(data, 2)[0], size, box) for data, size, box in items]
+            timed.append(("turbo: region decode, regridded copy", region, gridded))
         timed.append(("fmq pipeline: crop, resize, flip, tensor",
                       lambda item: ours(EncodedImage(item[0]))))
+        if _jpegregion is not None:
+            timed.append(("fmq pipeline, regridded copy",
+                          lambda item: ours(EncodedImage(item[0])), gridded))
         with T.use_rng(random.Random(seed)):
-            for step, fn in timed:
-                rows.append(dict(size=name, step=step, ms=_median_ms(fn, items, runs)))
+            for step, fn, *on in timed:  # on: other items than the files' (the regridded copy)
+                rows.append(dict(size=name, step=step, ms=_median_ms(fn, on[0] if on else items,
+                                                                     runs)))
         print(f"  {describe(folder, name)}", file=out)
     print(f"\nms per image, one thread, median of {runs} passes, the same crops in every row "
-          f"but the last (it draws its own, from the same distribution); "
+          f"but the fmq pipelines' (they draw their own, from the same distribution); "
           f"{platform.processor() or platform.machine()}, Pillow {Image.__version__}", file=out)
     print(f"| {'image set':<10} | {'step':<42} | {'ms':>7} |", file=out)
     print(f"|{'-' * 12}|{'-' * 44}|{'-' * 8}:|", file=out)
