@@ -16,7 +16,7 @@ def test_the_steps_breakdown_times_every_step_on_the_same_files(tmp_path):
     assert len(steps) == (8 if region_decoder_available() else 3)
     assert all(r["size"] == "photo" and r["ms"] > 0 for r in rows)
     text = out.getvalue()
-    assert "4 JPEGs" in text or "photo" in text
+    assert "photo: synthetic photo-like" in text and "ms per image, one thread" in text
     for step in steps:
         assert step in text
 

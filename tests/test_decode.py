@@ -417,3 +417,15 @@ def test_restart_markers_out_of_sequence_send_the_crop_to_pillow():
     data[first[1] + 1] = 0xD3  # the first marker should be RST0
     with pytest.raises(ValueError, match="out of sequence"):
         _jpegregion.decode(bytes(data), 1, 200, 150, 300, 230)
+
+
+@needs_region
+def test_a_huge_box_on_a_gridded_jpeg_is_clamped_not_wrapped():
+    from fmq_loader.images import _jpegregion
+
+    data = _jpegregion.regrid(encode(photo((320, 240))), 2)[0]
+    for right in (10**6, 2**61):
+        buf, w, h, x0, y0 = _jpegregion.decode(data, 8, 0, 0, right, right)
+        assert (w, h, x0, y0) == (40, 30, 0, 0)
+        buf, w, h, x0, y0 = _jpegregion.decode(data, 1, 200, 150, right, right)
+        assert (x0 + w, y0, h) == (320, 150, 90)

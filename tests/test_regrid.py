@@ -61,7 +61,7 @@ def test_the_copy_has_the_same_files_pixels_and_samples(tmp_path):
                 np.testing.assert_array_equal(_pixels(out / rel), _pixels(src / rel))
             else:
                 assert before == after, rel  # copied unchanged
-    assert not [n for _, _, fs in os.walk(out) for n in fs if n.endswith(".partial")]
+    assert not [n for _, _, fs in os.walk(out) for n in fs if "partial" in n]
     a = ImageFolder(src, is_valid_file=lambda p: p.endswith((".jpg", ".png")))
     b = ImageFolder(out, is_valid_file=lambda p: p.endswith((".jpg", ".png")))
     assert [os.path.relpath(p, src) for p, _ in a.samples] == \
@@ -130,7 +130,7 @@ def test_the_cli_reports_and_ctrl_c_leaves_no_partial_files(tmp_path, python):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode in (0, 130), err
     assert "Traceback" not in err
-    assert not list(out.rglob("*.partial"))
+    assert not list(out.rglob("*partial"))
     done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert re.search(r"regridded \d+ JPEGs, copied 0 other files, kept \d+ already there in "
@@ -142,3 +142,41 @@ def test_the_cli_reports_and_ctrl_c_leaves_no_partial_files(tmp_path, python):
     bad = subprocess.run([python, "-m", "fmq_loader", "regrid", str(src), str(out)],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "is not empty; pass --resume" in bad.stderr
+
+
+def test_symlinked_and_empty_folders_keep_imagefolders_classes(tmp_path):
+    """ImageFolder follows symlinked class folders and lists empty ones (allow_empty): the
+    copy must give the same classes and labels."""
+    elsewhere = image_folder(tmp_path / "elsewhere", classes=1, per_class=2)
+    src = tmp_path / "src"
+    (src / "b").mkdir(parents=True)
+    (src / "empty").mkdir()
+    os.symlink(elsewhere / "class_000", src / "a")
+    (src / "b" / "y.jpg").write_bytes(encode(photo((64, 48))))
+    out = tmp_path / "out"
+    counts = regrid_folder(src, out, workers=0, progress=False)
+    assert counts["regridded"] == 3
+    a, b = ImageFolder(src, allow_empty=True), ImageFolder(out, allow_empty=True)
+    assert a.classes == b.classes == ["a", "b", "empty"]
+    assert a.targets == b.targets
+
+
+def test_an_unreadable_file_stops_the_run_naming_it_and_a_multi_picture_file_is_copied(
+        tmp_path, python):
+    src = image_folder(tmp_path / "src", classes=1, per_class=2)
+    mpo = photo((64, 48)).save(tmp_path / "x.mpo", "MPO", save_all=True,
+                              append_images=[photo((64, 48), seed=1)])
+    del mpo
+    (src / "class_000" / "two.jpg").write_bytes((tmp_path / "x.mpo").read_bytes())
+    out = tmp_path / "out"
+    counts = regrid_folder(src, out, workers=0, progress=False)
+    assert counts["refused"] == 1 and counts["regridded"] == 2
+    assert (out / "class_000" / "two.jpg").read_bytes() == (tmp_path / "x.mpo").read_bytes()
+    os.symlink(tmp_path / "missing.jpg", src / "class_000" / "broken.jpg")
+    with pytest.raises(DecodeError, match="broken.jpg' could not be read"):
+        regrid_folder(src, tmp_path / "out2", workers=0, progress=False)
+    bad = subprocess.run([python, "-m", "fmq_loader", "regrid", str(src), str(tmp_path / "out3"),
+                          "--no-progress"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "broken.jpg' could not be read" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    assert not list((tmp_path / "out3").rglob("*partial"))

@@ -98,7 +98,11 @@ static int stitch(j_decompress_ptr cinfo, const unsigned char *data, size_t len,
         return 0;
     long tiles = per_row / k;  /* intervals per MCU row */
     long tile_w = mcu_w * k;
-    long margin = 4;
+    long margin = 4, limit = 1L << 17;  /* JPEG sides are < 2^16: clamp before scaling */
+    top = top < -margin ? -margin : (top > limit ? limit : top);
+    left = left < -margin ? -margin : (left > limit ? limit : left);
+    bottom = bottom < -margin ? -margin : (bottom > limit ? limit : bottom);
+    right = right < -margin ? -margin : (right > limit ? limit : right);
     long top_f = (top - margin) * scale, bottom_f = (bottom + margin) * scale;
     long left_f = (left - margin) * scale, right_f = (right + margin) * scale;
     if (top_f < 0) top_f = 0;
@@ -111,8 +115,8 @@ static int stitch(j_decompress_ptr cinfo, const unsigned char *data, size_t len,
     long c0 = left_f / tile_w, c1 = (right_f + tile_w - 1) / tile_w;
     if (r1 > rows) r1 = rows;
     if (c1 > tiles) c1 = tiles;
-    if (r0 == 0 && r1 == rows && c0 == 0 && c1 == tiles)
-        return 0;  /* the box needs every interval */
+    if (r0 == 0 && c0 == 0 && c1 == tiles)
+        return 0;  /* every column from the top: the plain path reads no more than that */
     size_t header_len = len - cinfo->src->bytes_in_buffer;  /* up to the entropy data */
     long sof = find_sof(data, header_len);
     if (sof < 0 || (size_t)sof + 9 > header_len)

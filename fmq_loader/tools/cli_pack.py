@@ -88,7 +88,7 @@ def _cmd_regrid(args: argparse.Namespace) -> int:
         counts = regrid_folder(args.src, args.out, interval=args.interval, workers=args.workers,
                                resume=args.resume, overwrite=args.overwrite,
                                progress=not args.no_progress)
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+    except (ValueError, RuntimeError, OSError) as exc:  # OSError: DecodeError, unwritable OUT
         raise UsageError(str(exc)) from exc
     kept = f", kept {counts['kept']} already there" if counts["kept"] else ""
     ratio = counts["bytes_out"] / counts["bytes_in"] if counts["bytes_in"] else float("nan")
@@ -97,8 +97,8 @@ def _cmd_regrid(args: argparse.Namespace) -> int:
           f"in {counts['seconds']:.1f} s; written {counts['bytes_out'] / 1e6:.1f} MB "
           f"({ratio:.3f}x the sources)")
     if counts["refused"]:
-        print(f"  {counts['refused']} JPEG(s) libjpeg refused were copied unchanged "
-              "(Pillow decodes them at training time, as before)")
+        print(f"  {counts['refused']} JPEG(s) copied unchanged: libjpeg refused them, or "
+              "multi-picture (MPO) files; they decode at training time as before")
     return 0
 
 
