@@ -85,6 +85,17 @@ def _time_passes(fn, n_images: int, runs: int) -> float:
     return statistics.median(rates)
 
 
+def _prepared(root: str, per_class: int, seed: int, sets, out):
+    """(name, folder) of each image set, generated under ``root`` when missing; a set that
+    needs a package not installed (skimage) is reported on ``out`` and left out."""
+    for name in sets:
+        try:
+            yield name, prepare(name, 4 * per_class, seed,
+                                os.path.join(root, f"{name}_{per_class}"), progress=False)
+        except ImportError as exc:
+            print(f"skipped image set {name!r}: {exc}", file=out)
+
+
 def _median_ms(fn, items: list, runs: int) -> float:
     """Median over ``runs`` passes (after a warm-up pass) of ms per call of ``fn(item)``."""
     for item in items:
@@ -114,13 +125,7 @@ def steps(root: str, per_class: int, runs: int, seed: int = 0, out=None,
     crop = T.RandomResizedCrop(CROP)
     ours = T.Compose([crop, T.RandomHorizontalFlip(), T.PILToTensor()])
     rows = []
-    for name in sets:
-        try:
-            folder = prepare(name, 4 * per_class, seed, os.path.join(root, f"{name}_{per_class}"),
-                             progress=False)
-        except ImportError as exc:
-            print(f"skipped image set {name!r}: {exc}", file=out)
-            continue
+    for name, folder in _prepared(root, per_class, seed, sets, out):
         paths = [p for p, _ in ImageFolder(folder).samples]
         rng = random.Random(seed)
         items = []
@@ -195,13 +200,7 @@ def run(root: str, per_class: int, runs: int, seed: int = 0, out=None,
     decoders = (["pillow"] + (["simplejpeg"] if fast_decoder_available() else [])
                 + (["turbo"] if region_decoder_available() else []))
     rows, described = [], []
-    for name in sets:
-        try:
-            folder = prepare(name, 4 * per_class, seed, os.path.join(root, f"{name}_{per_class}"),
-                             progress=False)
-        except ImportError as exc:
-            print(f"skipped image set {name!r}: {exc}", file=out)
-            continue
+    for name, folder in _prepared(root, per_class, seed, sets, out):
         described.append(describe(folder, name))
         datasets = {d: ImageFolder(folder, transform=transform, decoder=d) for d in decoders}
         paths = [p for p, _ in datasets["pillow"].samples]

@@ -47,6 +47,16 @@ static void on_message(j_common_ptr cinfo, int level) {
     }
 }
 
+/* The strict error manager every entry point uses: errors and warnings alike longjmp to
+ * err->escape with the message in err->message. */
+static struct jpeg_error_mgr *strict_errors(region_error *err) {
+    err->message[0] = '\0';
+    jpeg_std_error(&err->pub);
+    err->pub.error_exit = on_error;
+    err->pub.emit_message = on_message;
+    return &err->pub;
+}
+
 
 /* NOTE [ restart grid ]
  * A JPEG whose restart interval tiles its MCU rows (the interval divides the MCUs of a
@@ -194,10 +204,7 @@ static PyObject *decode(PyObject *self, PyObject *args) {
     volatile long yoff = 0, xoff = 0;  /* its corner in the scaled image */
     JDIMENSION x0 = 0, width = 0, rows = 0;
     memset(&cinfo, 0, sizeof(cinfo));
-    err.message[0] = '\0';
-    cinfo.err = jpeg_std_error(&err.pub);
-    err.pub.error_exit = on_error;
-    err.pub.emit_message = on_message;
+    cinfo.err = strict_errors(&err);
 
     if (setjmp(err.escape)) {
         if (unlocked != NULL) {  /* the error came from inside the unlocked stretch */
@@ -332,10 +339,7 @@ static PyObject *header(PyObject *self, PyObject *args) {
     struct jpeg_decompress_struct cinfo;
     region_error err;
     memset(&cinfo, 0, sizeof(cinfo));
-    err.message[0] = '\0';
-    cinfo.err = jpeg_std_error(&err.pub);
-    err.pub.error_exit = on_error;
-    err.pub.emit_message = on_message;
+    cinfo.err = strict_errors(&err);
     if (setjmp(err.escape)) {
         jpeg_destroy_decompress(&cinfo);
         PyBuffer_Release(&data);
@@ -379,11 +383,8 @@ static PyObject *regrid(PyObject *self, PyObject *args) {
     volatile long k = 1;
     memset(&din, 0, sizeof(din));
     memset(&cout, 0, sizeof(cout));
-    err.message[0] = '\0';
-    din.err = jpeg_std_error(&err.pub);
+    din.err = strict_errors(&err);
     cout.err = &err.pub;  /* one error manager: either struct's error lands here */
-    err.pub.error_exit = on_error;
-    err.pub.emit_message = on_message;
     if (setjmp(err.escape)) {
         if (unlocked != NULL)
             PyEval_RestoreThread(unlocked);

@@ -51,6 +51,12 @@ def _check_available() -> None:
                            "installed): apt-get install libjpeg62-turbo-dev, then reinstall")
 
 
+def _check_interval(interval) -> None:
+    if not isinstance(interval, int) or isinstance(interval, bool) or not 1 <= interval <= 65535:
+        raise ValueError(f"interval must be an int from 1 to 65535 (MCUs), got {interval!r}; "
+                         f"the default is {DEFAULT_INTERVAL}")
+
+
 def regrid_bytes(data: bytes, interval: int = DEFAULT_INTERVAL, path: str | None = None) -> bytes:
     """Rewrite one JPEG losslessly with a restart marker every ``interval`` MCUs or fewer.
 
@@ -71,9 +77,7 @@ def regrid_bytes(data: bytes, interval: int = DEFAULT_INTERVAL, path: str | None
     _check_available()
     from fmq_loader.images import _jpegregion
 
-    if not isinstance(interval, int) or isinstance(interval, bool) or not 1 <= interval <= 65535:
-        raise ValueError(f"interval must be an int from 1 to 65535 (MCUs), got {interval!r}; "
-                         f"the default is {DEFAULT_INTERVAL}")
+    _check_interval(interval)
     try:
         return _jpegregion.regrid(data, interval)[0]
     except ValueError as exc:
@@ -189,8 +193,7 @@ def regrid_folder(src, out, interval: int = DEFAULT_INTERVAL, workers: int | Non
     if os.path.commonpath([src, out]) == src:
         raise ValueError(f"regrid: OUT must not be SRC or inside it, got OUT={out!r} for "
                          f"SRC={src!r}; choose a folder next to SRC")
-    if not isinstance(interval, int) or isinstance(interval, bool) or not 1 <= interval <= 65535:
-        raise ValueError(f"interval must be an int from 1 to 65535 (MCUs), got {interval!r}")
+    _check_interval(interval)
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
             os.cpu_count() or 1)
